@@ -1,0 +1,135 @@
+"""ABPN: anchor-based plain net for full-integer 8-bit mobile SR (Du et al., CVPRW 2021, "base7").
+
+Seven plain 3x3 convs with ReLU (the last one linear), an *anchor* (the input repeated s^2
+times) added before the pixel shuffle, and a clip to [0,255]. Everything is friendly to INT8:
+no normalisation, no mean shift, the anchor makes the network learn only the residual to a
+nearest-neighbour upscale, and the clip bounds the output range for quantisation.
+
+The official model is Keras (NHWC, TF `depth_to_space`, which orders channels depth-column-row,
+"DCR"). PyTorch's PixelShuffle orders them column-row-depth ("CRD"). Rather than a custom
+shuffle we permute the last conv's output channels on import, so the anchor becomes
+`repeat_interleave(s^2)` and the graph stays a plain Conv/ReLU/PixelShuffle net.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from slimsr.archs._detect import indices, pixelshuffle_scale
+from slimsr.registry import Detection, register_detector, register_model
+
+
+class ABPN(nn.Module):
+    """ABPN on RGB in [0,255]; `convs.0..{num_convs-1}`, ReLU after all but the last."""
+
+    def __init__(
+        self, scale: int, num_feat: int = 28, num_mid: int = 4, in_ch: int = 3, out_ch: int = 3
+    ) -> None:
+        super().__init__()
+        self.scale = scale
+        s2 = scale * scale
+        chans = [in_ch] + [num_feat] * (num_mid + 1) + [out_ch * s2, out_ch * s2]
+        self.convs = nn.ModuleList(
+            nn.Conv2d(cin, cout, 3, padding=1) for cin, cout in zip(chans[:-1], chans[1:])
+        )
+        self.act = nn.ReLU(inplace=True)
+        self.shuffle = nn.PixelShuffle(scale)
+
+    def forward(self, x: Tensor) -> Tensor:
+        anchor = x.repeat_interleave(self.scale * self.scale, dim=1)
+        y = x
+        for conv in self.convs[:-1]:
+            y = self.act(conv(y))
+        y = self.convs[-1](y) + anchor
+        return torch.clamp(self.shuffle(y), 0.0, 255.0)
+
+
+@register_model(
+    family="abpn",
+    input_range=255.0,
+    default_scale=3,
+    paper="Du et al., Anchor-based Plain Net for Mobile Image Super-Resolution, CVPRW 2021",
+    params_note="paper: 42.54K at x3 (exact)",
+)
+def abpn(scale: int, **kwargs: Any) -> ABPN:
+    """ABPN (base7): 7 plain convs, 28 features, anchor residual, clip; built for INT8."""
+    return ABPN(scale, **kwargs)
+
+
+# -- Keras import ------------------------------------------------------------------------------
+
+
+def dcr_to_crd(num_out: int, scale: int) -> Tensor:
+    """Index map so that `crd[k] = dcr[perm[k]]` for channel counts `num_out * s^2`.
+
+    TF depth_to_space reads channel `(i*s + j)*C + c` for output pixel offset (i, j) and
+    colour c; PyTorch PixelShuffle reads channel `c*s^2 + i*s + j`.
+    """
+    s2 = scale * scale
+    perm = torch.empty(num_out * s2, dtype=torch.long)
+    for c in range(num_out):
+        for ij in range(s2):
+            perm[c * s2 + ij] = ij * num_out + c
+    return perm
+
+
+_KERAS_KEY = re.compile(r"layer_with_weights-(\d+)[/_](kernel|bias)")
+
+
+def state_dict_from_keras(arrays: dict[str, Tensor], out_ch: int = 3) -> tuple[dict, int, int]:
+    """Official Keras ABPN weights (`layer_with_weights-K/{kernel,bias}`) -> our state dict.
+
+    Returns (state_dict, scale, num_feat). Kernels go from HWIO to OIHW; the last layer's
+    output channels are reordered from DCR to CRD (see module docstring).
+    """
+    layers: dict[int, dict[str, Tensor]] = {}
+    for key, value in arrays.items():
+        m = _KERAS_KEY.fullmatch(key)
+        if m:
+            layers.setdefault(int(m.group(1)), {})[m.group(2)] = torch.as_tensor(value)
+    n = len(layers)
+    last = layers[n - 1]["kernel"]
+    scale = pixelshuffle_scale(last.shape[-1], out_ch)
+    if scale is None:
+        raise ValueError(f"last Keras kernel has {last.shape[-1]} outputs, not 3*s*s")
+    perm = dcr_to_crd(out_ch, scale)
+    sd: dict[str, Tensor] = {}
+    for k in range(n):
+        weight = layers[k]["kernel"].permute(3, 2, 0, 1).contiguous().float()
+        bias = layers[k]["bias"].float()
+        if k == n - 1:
+            weight, bias = weight[perm].contiguous(), bias[perm].contiguous()
+        sd[f"convs.{k}.weight"], sd[f"convs.{k}.bias"] = weight, bias
+    return sd, scale, layers[0]["kernel"].shape[-1]
+
+
+@register_detector("abpn")
+def detect_abpn(sd: dict[str, Tensor]) -> Detection | None:
+    """Our keys (`convs.K.*`, 3-channel input, 3*s^2 output) or the official Keras layout."""
+    if any(_KERAS_KEY.fullmatch(k) for k in sd):
+        try:
+            state, scale, num_feat = state_dict_from_keras(sd)
+        except (KeyError, ValueError):
+            return None
+        convs = len(state) // 2
+    else:
+        convs = len(indices(sd, r"convs\.(\d+)\.weight"))
+        if convs < 3 or len(sd) != 2 * convs:
+            return None
+        first, last = sd["convs.0.weight"], sd[f"convs.{convs - 1}.weight"]
+        if first.ndim != 4 or first.shape[1] != 3 or last.shape[0] != last.shape[1]:
+            return None
+        scale = pixelshuffle_scale(last.shape[0])
+        if scale is None:
+            return None
+        state, num_feat = dict(sd), first.shape[0]
+    kwargs: dict[str, Any] = {}
+    if num_feat != 28:
+        kwargs["num_feat"] = num_feat
+    if convs - 3 != 4:
+        kwargs["num_mid"] = convs - 3
+    return Detection("abpn", scale, kwargs, state)

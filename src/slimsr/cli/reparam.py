@@ -1,0 +1,35 @@
+"""`slimsr reparam IN -o OUT`: train-time (RRRB + BatchNorm) weights -> deploy weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from slimsr.cli.app import app
+from slimsr.errors import SlimsrError
+from slimsr.factory import load, save
+
+
+@app.command("reparam")
+def reparam_command(
+    weights: Path = typer.Argument(..., help="Train-time weights (e.g. an fmen_s_train checkpoint)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Deploy weights to write (.safetensors)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUTPUT if it exists."),
+) -> None:
+    """Fold re-parameterisable blocks into plain convolutions for fast inference."""
+    from slimsr.reparam import reparameterize_model
+
+    if output.suffix.lower() != ".safetensors":
+        raise SlimsrError(f"{output}: the deploy weights are written as .safetensors")
+    if output.resolve() == weights.resolve():
+        raise SlimsrError(f"{output}: refusing to overwrite the input weights")
+    if output.exists() and not overwrite:
+        raise SlimsrError(f"{output} exists; pass --overwrite to replace it")
+    model = load(weights)
+    deploy = reparameterize_model(model)
+    save(deploy, output, extra={"reparameterized_from": str(weights)})
+    typer.echo(
+        f"{weights} ({model.name}, {model.num_parameters():,} params) -> {output} "
+        f"({deploy.name}, {deploy.num_parameters():,} params)"
+    )

@@ -1,0 +1,223 @@
+"""Model registry: named variants, their facts, and state-dict detectors.
+
+A *variant* is a function `name(scale, **kwargs) -> nn.Module` decorated with
+`@register_model(...)`; the function's name is the model name (timm style). The decorator
+records what a caller needs to run the network correctly without reading its code: the
+scales it provides, the value range it expects (official networks differ: [0,1] or
+[0,255]), the input size multiple, and whether half precision is safe.
+
+A *detector* reads a canonical state dict and, when it recognises a family, returns a
+`Detection`: the variant name, the scale and any hyper-parameters inferred from tensor
+shapes, plus the state dict rewritten to our (official) key names. Detectors are tried in
+registration order; `slimsr.checkpoints.load` uses them so that no architecture name is needed.
+
+The registry is an ordinary object (`ModelRegistry`) so tests can build a throwaway one;
+`REGISTRY` is the process-wide default the decorators fill. Duplicate names are errors.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimsr.errors import UnknownModelError, UnsupportedScaleError
+
+StateDict = Mapping[str, torch.Tensor]
+Builder = Callable[..., nn.Module]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Facts about one registered variant."""
+
+    name: str
+    builder: Builder
+    family: str
+    scales: tuple[int, ...]
+    input_range: float
+    """Value range the raw network expects: 1.0 for [0,1] inputs, 255.0 for [0,255]."""
+    default_scale: int
+    size_multiple: int = 1
+    """Input H and W must be a multiple of this; the API wrapper pads by reflection."""
+    supports_fp16: bool = True
+    supports_bf16: bool = True
+    paper: str = ""
+    description: str = ""
+    params_note: str = ""
+    """How the papers' rounded parameter figures relate to ours (shown by `slimsr models`)."""
+    deploy_form: str | None = None
+    """For a train-time (re-parameterisable) variant, the name of its deploy variant."""
+
+    def build(self, scale: int | None = None, **kwargs: Any) -> nn.Module:
+        """The raw network (official key names and value range), randomly initialised."""
+        scale = self.default_scale if scale is None else int(scale)
+        if scale not in self.scales:
+            raise UnsupportedScaleError(
+                f"{self.name} provides scales {', '.join(f'x{s}' for s in self.scales)}, not x{scale}"
+            )
+        return self.builder(scale, **kwargs)
+
+
+@dataclass
+class Detection:
+    """What a detector recognised in a state dict."""
+
+    name: str
+    scale: int
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    state_dict: dict[str, torch.Tensor] = field(default_factory=dict)
+    """The weights under our key names (official ones), ready for a strict load."""
+
+
+Detector = Callable[[dict[str, torch.Tensor]], Detection | None]
+
+
+def normalize_name(name: str) -> str:
+    """`EDSR-baseline` and `edsr_baseline` name the same model."""
+    return re.sub(r"[\s\-]+", "_", name.strip().lower())
+
+
+class ModelRegistry:
+    """Named variants and family detectors, in registration order."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, ModelInfo] = {}
+        self._aliases: dict[str, str] = {}
+        self._detectors: list[tuple[str, Detector]] = []
+
+    # -- registration -------------------------------------------------------------------
+    def add(self, info: ModelInfo, aliases: tuple[str, ...] = ()) -> None:
+        for key in (info.name, *aliases):
+            key = normalize_name(key)
+            if key in self._models or key in self._aliases:
+                raise ValueError(f"model name {key!r} is registered twice")
+        self._models[info.name] = info
+        for alias in aliases:
+            self._aliases[normalize_name(alias)] = info.name
+
+    def add_detector(self, family: str, detector: Detector) -> None:
+        if any(f == family for f, _ in self._detectors):
+            raise ValueError(f"a detector for family {family!r} is registered twice")
+        self._detectors.append((family, detector))
+
+    # -- queries ------------------------------------------------------------------------
+    def get(self, name: str) -> ModelInfo:
+        key = normalize_name(name)
+        key = self._aliases.get(key, key)
+        if key not in self._models:
+            close = fnmatch.filter(self._models, f"*{key.split('_')[0]}*")
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise UnknownModelError(
+                f"unknown model {name!r}{hint} (`slimsr models` lists them all)"
+            )
+        return self._models[key]
+
+    def names(self, pattern: str = "*") -> list[str]:
+        return sorted(n for n in self._models if fnmatch.fnmatchcase(n, normalize_name(pattern)))
+
+    def __iter__(self) -> Iterator[ModelInfo]:
+        return iter(self._models.values())
+
+    def __contains__(self, name: str) -> bool:
+        key = normalize_name(name)
+        return key in self._models or key in self._aliases
+
+    def detectors(self) -> list[tuple[str, Detector]]:
+        return list(self._detectors)
+
+    def detect(self, state_dict: dict[str, torch.Tensor]) -> Detection | None:
+        """The first family that recognises the state dict, or None."""
+        for _, detector in self._detectors:
+            found = detector(state_dict)
+            if found is not None:
+                return found
+        return None
+
+
+REGISTRY = ModelRegistry()
+
+
+def register_model(
+    *,
+    family: str,
+    scales: tuple[int, ...] = (2, 3, 4),
+    input_range: float,
+    default_scale: int = 4,
+    size_multiple: int = 1,
+    supports_fp16: bool = True,
+    supports_bf16: bool = True,
+    paper: str = "",
+    params_note: str = "",
+    deploy_form: str | None = None,
+    aliases: tuple[str, ...] = (),
+    registry: ModelRegistry | None = None,
+) -> Callable[[Builder], Builder]:
+    """Register a variant function `name(scale, **kwargs) -> nn.Module` under its own name."""
+
+    def decorate(fn: Builder) -> Builder:
+        doc = (fn.__doc__ or "").strip().splitlines()
+        info = ModelInfo(
+            name=fn.__name__,
+            builder=fn,
+            family=family,
+            scales=tuple(scales),
+            input_range=float(input_range),
+            default_scale=default_scale,
+            size_multiple=size_multiple,
+            supports_fp16=supports_fp16,
+            supports_bf16=supports_bf16,
+            paper=paper,
+            description=doc[0] if doc else "",
+            params_note=params_note,
+            deploy_form=deploy_form,
+        )
+        (registry or REGISTRY).add(info, aliases)
+        return fn
+
+    return decorate
+
+
+def register_detector(
+    family: str, registry: ModelRegistry | None = None
+) -> Callable[[Detector], Detector]:
+    """Register a function that recognises a family's state dicts (see `Detection`)."""
+
+    def decorate(fn: Detector) -> Detector:
+        (registry or REGISTRY).add_detector(family, fn)
+        return fn
+
+    return decorate
+
+
+def default_registry() -> ModelRegistry:
+    """The process-wide registry with every built-in architecture registered."""
+    # Importing the architecture package runs the decorators. Done lazily so that
+    # `import slimsr.registry` stays cheap and architectures can import this module.
+    import slimsr.archs  # noqa: F401
+
+    return REGISTRY
+
+
+def get_model_info(name: str) -> ModelInfo:
+    return default_registry().get(name)
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a shell-style pattern, e.g. `list_models("bsrn*")`."""
+    return default_registry().names(pattern)
+
+
+def build_network(name: str, scale: int | None = None, **kwargs: Any) -> nn.Module:
+    """The raw network of a variant (official keys, official value range), random weights."""
+    return get_model_info(name).build(scale, **kwargs)
+
+
+def count_parameters(module: nn.Module) -> int:
+    """All parameters, trainable or frozen, as the NTIRE harness and the papers count them."""
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,31 @@
+"""Shared test fixtures. Tests that need `../shared` skip with a reason when it is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED = Path(os.environ.get("SLIMSR_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+OFFICIAL = SHARED / "weights" / "official"
+DATASETS = SHARED / "datasets"
+
+
+def shared_file(*parts: str) -> Path:
+    """A file under ../shared, or skip the test with the reason."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"needs {path} (the project's shared/ folder is not beside this checkout)")
+    return path
+
+
+def official_weight(filename: str) -> Path:
+    return shared_file("weights", "official", filename)
+
+
+@pytest.fixture(autouse=True)
+def _deterministic() -> None:
+    torch.manual_seed(0)
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
