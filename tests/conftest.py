@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-SHARED = Path(os.environ.get("SLIMSR_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+SHARED = Path(
+    os.environ.get("SLIMSR_SHARED", Path(__file__).resolve().parents[1].parent / "shared")
+)
 OFFICIAL = SHARED / "weights" / "official"
 DATASETS = SHARED / "datasets"
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import torch
 
@@ -36,7 +38,7 @@ def random_keras_arrays(scale: int, feat: int = 8, rng=None) -> dict[str, np.nda
     return {
         **{
             f"layer_with_weights-{k}_kernel": rng.normal(0, 0.2, (3, 3, a, b)).astype(np.float32)
-            for k, (a, b) in enumerate(zip(chans[:-1], chans[1:]))
+            for k, (a, b) in enumerate(itertools.pairwise(chans))
         },
         **{
             f"layer_with_weights-{k}_bias": rng.normal(0, 1.0, (b,)).astype(np.float32)
@@ -58,7 +60,9 @@ def test_random_keras_weights_match_numpy_graph_at_every_scale() -> None:
         arrays = random_keras_arrays(scale, rng=rng)
         img = rng.uniform(0, 255, (9, 11, 3)).astype(np.float32)
         ref = keras_abpn_numpy(arrays, img, scale)
-        sd, detected_scale, feat = state_dict_from_keras({k: torch.from_numpy(v) for k, v in arrays.items()})
+        sd, detected_scale, feat = state_dict_from_keras(
+            {k: torch.from_numpy(v) for k, v in arrays.items()}
+        )
         assert detected_scale == scale and feat == 8
         net = slimsr.build_network("abpn", scale, num_feat=8, num_mid=1)
         net.load_state_dict(sd, strict=True)

@@ -62,11 +62,20 @@ def test_official_keys_detected_for_both_sizes_and_custom_widths() -> None:
         big = slimsr.build_network("edsr", 3).state_dict()
         custom = slimsr.build_network("edsr_baseline", 2, num_feat=32, num_block=4).state_dict()
         mini = slimsr.build_network("edsrmini", 4, num_feat=24).state_dict()
-    assert {k for k in big} >= {"sub_mean.weight", "body.32.weight", "tail.0.0.weight", "tail.1.weight"}
+    assert {k for k in big} >= {
+        "sub_mean.weight",
+        "body.32.weight",
+        "tail.0.0.weight",
+        "tail.1.weight",
+    }
     found = registry.detect(big)
     assert (found.name, found.scale, found.kwargs) == ("edsr", 3, {})
     found = registry.detect(custom)
-    assert (found.name, found.scale, found.kwargs) == ("edsr_baseline", 2, {"num_feat": 32, "num_block": 4})
+    assert (found.name, found.scale, found.kwargs) == (
+        "edsr_baseline",
+        2,
+        {"num_feat": 32, "num_block": 4},
+    )
     found = registry.detect(mini)
     assert (found.name, found.scale, found.kwargs) == ("edsrmini", 4, {"num_feat": 24})
 

@@ -93,7 +93,9 @@ def _read_torch(path: Path) -> Any:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: corrupt or truncated PyTorch checkpoint ({first})") from None
+        raise CheckpointError(
+            f"{path}: corrupt or truncated PyTorch checkpoint ({first})"
+        ) from None
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
@@ -146,7 +148,9 @@ def canonicalize(
             break
         obj = inner
     if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{source}: does not contain a state dict (found {type(obj).__name__})")
+        raise CheckpointError(
+            f"{source}: does not contain a state dict (found {type(obj).__name__})"
+        )
     state = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not state:
         raise CheckpointError(f"{source}: contains no tensors")
@@ -184,7 +188,9 @@ class KeyDiff:
 def key_diff(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor]) -> KeyDiff:
     missing = [k for k in expected if k not in got]
     unexpected = [k for k in got if k not in expected]
-    misshaped = [k for k in expected if k in got and tuple(expected[k].shape) != tuple(got[k].shape)]
+    misshaped = [
+        k for k in expected if k in got and tuple(expected[k].shape) != tuple(got[k].shape)
+    ]
     return KeyDiff(missing, unexpected, misshaped)
 
 

@@ -70,7 +70,9 @@ def _load_checkpoint_into(model: SRModel, ckpt: Checkpoint) -> None:
     if found is not None:
         extra = f" with {found.kwargs}" if found.kwargs else ""
         looks = f"; the file looks like {found.name} x{found.scale}{extra}"
-    raise CheckpointError(f"{ckpt.path} does not fit {model.name} x{model.scale}: {diff.summary()}{looks}")
+    raise CheckpointError(
+        f"{ckpt.path} does not fit {model.name} x{model.scale}: {diff.summary()}{looks}"
+    )
 
 
 def load(

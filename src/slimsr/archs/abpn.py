@@ -13,6 +13,7 @@ shuffle we permute the last conv's output channels on import, so the anchor beco
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Any
 
@@ -34,7 +35,7 @@ class ABPN(nn.Module):
         s2 = scale * scale
         chans = [in_ch] + [num_feat] * (num_mid + 1) + [out_ch * s2, out_ch * s2]
         self.convs = nn.ModuleList(
-            nn.Conv2d(cin, cout, 3, padding=1) for cin, cout in zip(chans[:-1], chans[1:])
+            nn.Conv2d(cin, cout, 3, padding=1) for cin, cout in itertools.pairwise(chans)
         )
         self.act = nn.ReLU(inplace=True)
         self.shuffle = nn.PixelShuffle(scale)

@@ -41,7 +41,9 @@ class ResBlock(nn.Module):
 
     def __init__(self, num_feat: int, res_scale: float) -> None:
         super().__init__()
-        self.body = nn.Sequential(conv3x3(num_feat, num_feat), nn.ReLU(True), conv3x3(num_feat, num_feat))
+        self.body = nn.Sequential(
+            conv3x3(num_feat, num_feat), nn.ReLU(True), conv3x3(num_feat, num_feat)
+        )
         self.res_scale = res_scale
 
     def forward(self, x: Tensor) -> Tensor:
@@ -97,7 +99,9 @@ class EDSRBasicSR(nn.Module):
         self.img_range = img_range
         self.mean = torch.tensor(DIV2K_MEAN).view(1, 3, 1, 1)
         self.conv_first = conv3x3(3, num_feat)
-        self.body = nn.Sequential(*[ResidualBlockNoBN(num_feat, res_scale) for _ in range(num_block)])
+        self.body = nn.Sequential(
+            *[ResidualBlockNoBN(num_feat, res_scale) for _ in range(num_block)]
+        )
         self.conv_after_body = conv3x3(num_feat, num_feat)
         self.upsample = PixelShuffleUpsampler(scale, num_feat)
         self.conv_last = conv3x3(num_feat, 3)
@@ -234,4 +238,3 @@ def _size_kwargs(name: str, num_feat: int, num_block: int) -> dict[str, Any]:
     if num_block != block:
         kwargs["num_block"] = num_block
     return kwargs
-

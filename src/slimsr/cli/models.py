@@ -64,6 +64,4 @@ def models_command(
         scales = ",".join(f"x{s}" for s in row["scales"])
         table.add_row(row["name"], scales, params, input_range, str(row["size_multiple"]), notes)
     Console(markup=False, highlight=False, width=160).print(table)
-    typer.echo(
-        "Input range is the raw network's; every model the API returns takes RGB in [0,1]."
-    )
+    typer.echo("Input range is the raw network's; every model the API returns takes RGB in [0,1].")

@@ -13,8 +13,12 @@ from slimsr.factory import load, save
 
 @app.command("reparam")
 def reparam_command(
-    weights: Path = typer.Argument(..., help="Train-time weights (e.g. an fmen_s_train checkpoint)."),
-    output: Path = typer.Option(..., "-o", "--output", help="Deploy weights to write (.safetensors)."),
+    weights: Path = typer.Argument(
+        ..., help="Train-time weights (e.g. an fmen_s_train checkpoint)."
+    ),
+    output: Path = typer.Option(
+        ..., "-o", "--output", help="Deploy weights to write (.safetensors)."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUTPUT if it exists."),
 ) -> None:
     """Fold re-parameterisable blocks into plain convolutions for fast inference."""

@@ -1,0 +1,115 @@
+"""The registry as a whole: exact parameter counts, a sweep over every variant, the API wrapper."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import slimsr
+from slimsr.model import SRModel
+from slimsr.registry import ModelRegistry, count_parameters, register_model
+
+# ARCHITECTURES.md §0, column P: sum(p.numel()) of the official modules (EDSR incl. MeanShift).
+EXPECTED_PARAMS = {
+    "edsr_baseline": (1_369_883, 1_554_523, 1_517_595),
+    "edsr": (40_729_627, 43_680_027, 43_089_947),
+    "edsrmini": (49_603, 61_203, 58_883),
+    "swinir_m": (11_752_487, 11_937_127, 11_900_199),
+    "swinir_s": (910_152, 918_267, 929_628),
+    "swinirmini": (98_868, 102_123, 106_680),
+    "fmen_s": (324_830, 331_595, 341_066),
+    "fmen_s_train": (1_029_630, 1_036_395, 1_045_866),
+    "fmen": (748_656, 757_311, 769_428),
+    "bsrn": (331_628, 340_283, 352_400),
+    "bsrn_s": (140_700, 147_195, 156_288),
+    "e_rfdn": (417_212, 423_977, 433_448),
+    "abpn": (33_464, 42_539, 62_048),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_PARAMS))
+def test_parameter_counts_match_the_official_modules(name: str) -> None:
+    for scale, expected in zip((2, 3, 4), EXPECTED_PARAMS[name]):
+        with torch.device("meta"):
+            net = slimsr.build_network(name, scale)
+        assert count_parameters(net) == expected, (name, scale)
+
+
+def test_every_architecture_of_the_design_is_registered() -> None:
+    names = set(slimsr.list_models())
+    assert set(EXPECTED_PARAMS) <= names
+    assert "fmen_train" in names
+    assert slimsr.list_models("bsrn*") == ["bsrn", "bsrn_s"]
+    assert slimsr.get_model_info("EDSR-baseline").name == "edsr_baseline"
+
+
+@pytest.mark.parametrize("name", slimsr.list_models())
+def test_every_variant_upscales_any_size_in_the_0_1_convention(name: str) -> None:
+    """Sweep (timm / traiNNer style): a new variant is tested without new test code."""
+    info = slimsr.get_model_info(name)
+    if count_parameters_meta(name) > 5_000_000:
+        pytest.skip("large model: parameter count and keys are tested, forward is slow on CPU")
+    for scale in info.scales:
+        model = slimsr.create_model(name, scale)
+        x = torch.rand(1, 3, 19, 21)
+        with torch.inference_mode():
+            y = model(x)
+        assert y.shape == (1, 3, 19 * scale, 21 * scale)
+        assert torch.isfinite(y).all()
+        # Random weights on a [0,1] input must stay within a sane band of [0,1] if the range
+        # conversion is right (a [0,255] net fed [0,1] or vice versa is off by orders of magnitude).
+        assert y.abs().mean() < 50
+
+
+def count_parameters_meta(name: str) -> int:
+    with torch.device("meta"):
+        return count_parameters(slimsr.build_network(name))
+
+
+class Doubler(nn.Module):
+    """A [0,255] 'network' that must see [0,255] values and a multiple-of-4 size."""
+
+    def __init__(self, scale: int) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.shape[-1] % 4 == 0 and x.shape[-2] % 4 == 0
+        assert x.max() > 2  # got the [0,255] range
+        return nn.functional.interpolate(x, scale_factor=self.scale, mode="nearest")
+
+
+def test_wrapper_scales_range_pads_and_crops() -> None:
+    registry = ModelRegistry()
+
+    @register_model(family="toy", input_range=255.0, size_multiple=4, registry=registry)
+    def toy(scale: int) -> nn.Module:
+        """Toy."""
+        return Doubler(scale)
+
+    info = registry.get("toy")
+    model = SRModel(info.build(2), info, 2)
+    x = torch.rand(1, 3, 5, 7)
+    y = model(x)
+    assert y.shape == (1, 3, 10, 14)
+    torch.testing.assert_close(y, nn.functional.interpolate(x, scale_factor=2, mode="nearest"))
+    with pytest.raises(ValueError, match="registered twice"):
+        register_model(family="toy", input_range=1.0, registry=registry)(toy)
+
+
+def test_unsupported_dtype_is_refused_clearly() -> None:
+    registry = ModelRegistry()
+
+    @register_model(family="toy", input_range=1.0, supports_fp16=False, registry=registry)
+    def toy16(scale: int) -> nn.Module:
+        """Toy."""
+        return Doubler(scale)
+
+    info = registry.get("toy16")
+    model = SRModel(info.build(2), info, 2)
+    with pytest.raises(slimsr.SlimsrError, match="does not support fp16"):
+        model.half()
+    with pytest.raises(slimsr.SlimsrError, match="does not support fp16"):
+        model.to(dtype=torch.float16)
+    model.to(torch.bfloat16)
