@@ -113,3 +113,13 @@ def test_unsupported_dtype_is_refused_clearly() -> None:
     with pytest.raises(slimsr.SlimsrError, match="does not support fp16"):
         model.to(dtype=torch.float16)
     model.to(torch.bfloat16)
+
+
+@pytest.mark.parametrize("name", ["bsrn", "bsrn_s", "e_rfdn"])
+def test_tiny_inputs_are_padded_up_to_the_minimum_size(name: str) -> None:
+    model = slimsr.create_model(name, 2)
+    assert model.info.min_size == 15
+    with torch.inference_mode():
+        assert model(torch.rand(1, 3, 4, 9)).shape == (1, 3, 8, 18)
+        with pytest.raises(RuntimeError):
+            model.net(torch.rand(1, 3, 4, 9))  # the raw network really needs the padding

@@ -18,10 +18,15 @@ from slimsr.errors import UnsupportedDtypeError
 from slimsr.registry import ModelInfo, count_parameters
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, int, int]:
-    """Pad bottom/right to a multiple by reflection (replicate when the image is too small)."""
+def pad_input(x: torch.Tensor, multiple: int = 1, min_size: int = 1) -> tuple[torch.Tensor, int, int]:
+    """Pad bottom/right to a multiple and at least `min_size`, by reflection.
+
+    Replicate padding is used where reflection is impossible (padding >= the image size).
+    Returns the padded tensor and the (bottom, right) padding added.
+    """
     h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
+    th, tw = max(h, min_size), max(w, min_size)
+    ph, pw = th - h + (-th) % multiple, tw - w + (-tw) % multiple
     if ph == 0 and pw == 0:
         return x, 0, 0
     mode = "reflect" if ph < h and pw < w else "replicate"
@@ -54,7 +59,7 @@ class SRModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        x, ph, pw = pad_to_multiple(x, self.info.size_multiple)
+        x, ph, pw = pad_input(x, self.info.size_multiple, self.info.min_size)
         r = self.info.input_range
         y = self.net(x * r) / r if r != 1.0 else self.net(x)
         if ph or pw:

@@ -45,6 +45,8 @@ class ModelInfo:
     default_scale: int
     size_multiple: int = 1
     """Input H and W must be a multiple of this; the API wrapper pads by reflection."""
+    min_size: int = 1
+    """Smallest input H and W the network accepts (ESA's pooling needs 15 px); padded up to."""
     supports_fp16: bool = True
     supports_bf16: bool = True
     paper: str = ""
@@ -150,6 +152,7 @@ def register_model(
     input_range: float,
     default_scale: int = 4,
     size_multiple: int = 1,
+    min_size: int = 1,
     supports_fp16: bool = True,
     supports_bf16: bool = True,
     paper: str = "",
@@ -170,6 +173,7 @@ def register_model(
             input_range=float(input_range),
             default_scale=default_scale,
             size_multiple=size_multiple,
+            min_size=min_size,
             supports_fp16=supports_fp16,
             supports_bf16=supports_bf16,
             paper=paper,

@@ -30,6 +30,7 @@ def model_rows(pattern: str) -> list[dict]:
                 "params": params,
                 "input_range": info.input_range,
                 "size_multiple": info.size_multiple,
+                "min_size": info.min_size,
                 "fp16": info.supports_fp16,
                 "bf16": info.supports_bf16,
                 "deploy_form": info.deploy_form,
@@ -51,7 +52,7 @@ def models_command(
         typer.echo(json.dumps(rows, indent=2))
         return
     table = Table(title="slimsr models", show_lines=False)
-    for col in ("name", "scales", "params (x2 / x3 / x4)", "input", "multiple", "notes"):
+    for col in ("name", "scales", "params (x2 / x3 / x4)", "input", "size", "notes"):
         table.add_column(col, overflow="fold")
     for row in rows:
         params = " / ".join(f"{row['params'][s]:,}" for s in row["scales"])
@@ -62,6 +63,9 @@ def models_command(
             notes += f" ({row['params_note']})"
         input_range = "[0,1]" if row["input_range"] == 1.0 else f"[0,{row['input_range']:g}]"
         scales = ",".join(f"x{s}" for s in row["scales"])
-        table.add_row(row["name"], scales, params, input_range, str(row["size_multiple"]), notes)
+        size = str(row["size_multiple"])
+        if row["min_size"] > 1:
+            size += f" (min {row['min_size']} px)"
+        table.add_row(row["name"], scales, params, input_range, size, notes)
     Console(markup=False, highlight=False, width=160).print(table)
     typer.echo("Input range is the raw network's; every model the API returns takes RGB in [0,1].")

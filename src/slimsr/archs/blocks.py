@@ -1,0 +1,154 @@
+"""Building blocks shared by several families (one definition each).
+
+Module attribute names follow the official code so that state-dict keys stay official.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def conv3x3(in_ch: int, out_ch: int, bias: bool = True) -> nn.Conv2d:
+    return nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=bias)
+
+
+class PixelShuffleUpsampler(nn.Sequential):
+    """Conv + PixelShuffle stages (EDSR `tail.0`, SwinIR `upsample`): x2^n or x3.
+
+    Keys are `0` (conv) / `2` (second conv for x4...), exactly as the official Sequential.
+    """
+
+    def __init__(self, scale: int, num_feat: int) -> None:
+        layers: list[nn.Module] = []
+        if scale & (scale - 1) == 0:  # power of two
+            for _ in range(int(math.log2(scale))):
+                layers += [conv3x3(num_feat, 4 * num_feat), nn.PixelShuffle(2)]
+        elif scale == 3:
+            layers += [conv3x3(num_feat, 9 * num_feat), nn.PixelShuffle(3)]
+        else:
+            raise ValueError(f"PixelShuffleUpsampler supports scales 2^n and 3, not {scale}")
+        super().__init__(*layers)
+
+
+class OneStepUpsampler(nn.Sequential):
+    """One conv to `out_ch * s^2` channels, then PixelShuffle(s) (the "pixelshuffledirect" tail).
+
+    Used by BSRN (`upsampler.upsampleOneStep`), E-RFDN (`upsampler`), SwinIR-S (`upsample`),
+    FMEN (`tail`). Keys: `0.weight`, `0.bias`.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, scale: int, kernel_size: int = 3) -> None:
+        super().__init__(
+            nn.Conv2d(in_ch, out_ch * scale * scale, kernel_size, padding=kernel_size // 2),
+            nn.PixelShuffle(scale),
+        )
+
+
+def conv1x1(in_ch: int, out_ch: int, bias: bool = True) -> nn.Conv2d:
+    return nn.Conv2d(in_ch, out_ch, 1, bias=bias)
+
+
+class ChannelLinear(nn.Linear):
+    """`nn.Linear` over the channels of an NCHW tensor: a 1x1 conv with a 2-D `(out, in)` weight.
+
+    BSRN-S writes its 1x1 convs as Linear layers on channels-last tensors, so its checkpoints hold
+    2-D weights; this keeps those keys and shapes while the rest of the network stays NCHW.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x.permute(0, 2, 3, 1), self.weight, self.bias).permute(0, 3, 1, 2)
+
+
+class BSConvU(nn.Module):
+    """Blueprint separable conv (unconstrained): pointwise `pw` first, then depthwise `dw`.
+
+    The pointwise step is a bias-free 1x1 conv (BSRN) or, with `linear_pw`, a `ChannelLinear`
+    with bias (BSRN-S). Stride and padding apply to the depthwise step.
+    """
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        padding: int = 1,
+        linear_pw: bool = False,
+    ) -> None:
+        super().__init__()
+        self.pw: nn.Module = (
+            ChannelLinear(in_ch, out_ch) if linear_pw else conv1x1(in_ch, out_ch, False)
+        )
+        self.dw = nn.Conv2d(out_ch, out_ch, kernel_size, stride, padding, groups=out_ch)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dw(self.pw(x))
+
+
+ConvFactory = Callable[[int, int], nn.Module]
+"""Builds a layer from (in_channels, out_channels); how ESA is told which conv flavour to use."""
+
+
+def conv3x3_down(in_ch: int, out_ch: int) -> nn.Conv2d:
+    """3x3, stride 2, no padding: the ESA reduction conv."""
+    return nn.Conv2d(in_ch, out_ch, 3, stride=2, padding=0)
+
+
+class ESA(nn.Module):
+    """Enhanced spatial attention (RFDN, BSRN, BSRN-S): one definition, conv flavour injected.
+
+    A 1x1 squeeze to C/4, a strided conv and a 7x7/3 max-pool give a coarse map, refined by
+    three 3x3 layers, upsampled bilinearly and turned into a per-pixel sigmoid gate.
+    `pointwise` builds conv1/conv_f/conv4, `conv` the padded 3x3s, `down` the stride-2 conv.
+
+    Needs H, W >= 15: the stride-2 conv must leave at least 7 pixels for the pool.
+    """
+
+    def __init__(
+        self,
+        num_feat: int,
+        pointwise: ConvFactory = conv1x1,
+        conv: ConvFactory = conv3x3,
+        down: ConvFactory = conv3x3_down,
+        act: Callable[[], nn.Module] = nn.ReLU,
+    ) -> None:
+        super().__init__()
+        f = num_feat // 4
+        self.conv1 = pointwise(num_feat, f)
+        self.conv_f = pointwise(f, f)
+        self.conv_max = conv(f, f)
+        self.conv2 = down(f, f)
+        self.conv3 = conv(f, f)
+        self.conv3_ = conv(f, f)
+        self.conv4 = pointwise(f, num_feat)
+        self.act = act()
+
+    def forward(self, x: Tensor) -> Tensor:
+        squeezed = self.conv1(x)
+        coarse = F.max_pool2d(self.conv2(squeezed), kernel_size=7, stride=3)
+        coarse = self.act(self.conv_max(coarse))
+        coarse = self.conv3_(self.act(self.conv3(coarse)))
+        coarse = F.interpolate(coarse, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return x * torch.sigmoid(self.conv4(coarse + self.conv_f(squeezed)))
+
+
+class CCALayer(nn.Module):
+    """Contrast-aware channel attention: gate from per-channel (std + mean) over the image."""
+
+    def __init__(self, num_feat: int, reduction: int = 16) -> None:
+        super().__init__()
+        hidden = num_feat // reduction
+        self.conv_du = nn.Sequential(
+            conv1x1(num_feat, hidden), nn.ReLU(), conv1x1(hidden, num_feat), nn.Sigmoid()
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        mean = x.mean(dim=(2, 3), keepdim=True)
+        # Population std written out (not torch.std) so that ONNX export sees plain ops.
+        std = (x - mean).pow(2).mean(dim=(2, 3), keepdim=True).sqrt()
+        return x * self.conv_du(std + mean)

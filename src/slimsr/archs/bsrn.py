@@ -1,0 +1,198 @@
+"""BSRN and BSRN-S (Li et al., Blueprint Separable Residual Network, CVPRW 2022).
+
+Both follow the official BSRN repository: BSRN is `BSRN_arch.BSRN` (BSConvU everywhere, ESDB
+blocks with ESA + contrast-aware channel attention); BSRN-S is `rfdnfinalB5_arch.RFDNFINALB5`,
+the NTIRE 2022 efficiency entry, whose 1x1 convs are `nn.Linear` layers (2-D weights) and whose
+blocks end in learnable channel weights `cw` + a Linear `conv_out` instead of CCA. One class
+serves both (`layout`), since the graphs differ only in those layers. Input RGB in [0,1].
+
+The networks need LR inputs of at least 15x15 (see `ESA`).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from slimsr.archs._detect import has_all, indices, pixelshuffle_scale
+from slimsr.archs.blocks import (
+    ESA,
+    BSConvU,
+    CCALayer,
+    ChannelLinear,
+    ConvFactory,
+    OneStepUpsampler,
+    conv1x1,
+    conv3x3_down,
+)
+from slimsr.registry import Detection, register_detector, register_model
+
+PAPER = "Li et al., Blueprint Separable Residual Network for Efficient Image SR, CVPRW 2022"
+LAYOUTS = ("bsrn", "bsrn_s")
+
+
+def _layers(layout: str) -> tuple[ConvFactory, ConvFactory]:
+    """(1x1 layer, 3x3 BSConvU) of a layout: conv-based for BSRN, Linear-based for BSRN-S."""
+    if layout == "bsrn":
+        return conv1x1, BSConvU
+    if layout == "bsrn_s":
+        return ChannelLinear, partial(BSConvU, linear_pw=True)
+    raise ValueError(f"unknown BSRN layout {layout!r}; expected one of {LAYOUTS}")
+
+
+def _esa(num_feat: int, layout: str) -> ESA:
+    """BSRN's ESA is all BSConvU; BSRN-S keeps a plain conv for the stride-2 reduction."""
+    pointwise, conv = _layers(layout)
+    down = conv3x3_down if layout == "bsrn_s" else partial(BSConvU, stride=2, padding=0)
+    return ESA(num_feat, pointwise, conv, down, nn.GELU)
+
+
+class ESDB(nn.Module):
+    """Efficient separable distillation block: three BSRB steps that each split off half the
+    channels, a fourth BSConv, a 1x1 fusion, ESA, then CCA (BSRN) or `cw` + `conv_out`
+    (BSRN-S), plus the block input."""
+
+    def __init__(self, num_feat: int, layout: str = "bsrn") -> None:
+        super().__init__()
+        pointwise, conv = _layers(layout)
+        dc = num_feat // 2
+        self.c1_d = pointwise(num_feat, dc)
+        self.c1_r = conv(num_feat, num_feat)
+        self.c2_d = pointwise(num_feat, dc)
+        self.c2_r = conv(num_feat, num_feat)
+        self.c3_d = pointwise(num_feat, dc)
+        self.c3_r = conv(num_feat, num_feat)
+        self.c4 = conv(num_feat, dc)
+        self.act = nn.GELU()
+        self.c5 = pointwise(4 * dc, num_feat)
+        self.esa = _esa(num_feat, layout)
+        self.cca: nn.Module | None = None
+        if layout == "bsrn":
+            self.cca = CCALayer(num_feat)
+        else:
+            # The official code draws the channel weights from N(1, 0.2).
+            self.cw = nn.Parameter(torch.normal(1.0, 0.2, size=(1, num_feat)))
+            self.conv_out = ChannelLinear(num_feat, num_feat)
+
+    def forward(self, x: Tensor) -> Tensor:
+        act = self.act
+        d1 = act(self.c1_d(x))
+        r1 = act(self.c1_r(x) + x)
+        d2 = act(self.c2_d(r1))
+        r2 = act(self.c2_r(r1) + r1)
+        d3 = act(self.c3_d(r2))
+        r3 = act(self.c3_r(r2) + r2)
+        r4 = act(self.c4(r3))
+        out = self.esa(self.c5(torch.cat([d1, d2, d3, r4], dim=1)))
+        if self.cca is not None:
+            out = self.cca(out)
+        else:
+            out = self.conv_out(out * self.cw[:, :, None, None])
+        return out + x
+
+
+class PixelShuffleDirect(nn.Module):
+    """Holds the one-step upsampler under the official attribute `upsampleOneStep`."""
+
+    def __init__(self, num_feat: int, scale: int, num_out_ch: int = 3) -> None:
+        super().__init__()
+        self.upsampleOneStep = OneStepUpsampler(num_feat, num_out_ch, scale)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.upsampleOneStep(x)
+
+
+class BSRN(nn.Module):
+    """BSRN (`layout="bsrn"`) or BSRN-S (`layout="bsrn_s"`); RGB in [0,1].
+
+    Blocks are attributes `B1..Bn` as in the official code (which hard-codes 8 or 5 of them).
+    """
+
+    def __init__(
+        self, scale: int, num_feat: int = 64, num_block: int = 8, layout: str = "bsrn"
+    ) -> None:
+        super().__init__()
+        pointwise, conv = _layers(layout)
+        # The RGB input is replicated 4 times before the first BSConv, hence 12 channels.
+        self.fea_conv = conv(3 * 4, num_feat)
+        self.num_block = num_block
+        for i in range(1, num_block + 1):
+            self.add_module(f"B{i}", ESDB(num_feat, layout))
+        self.c1 = pointwise(num_feat * num_block, num_feat)
+        self.GELU = nn.GELU()
+        self.c2 = conv(num_feat, num_feat)
+        self.upsampler = PixelShuffleDirect(num_feat, scale)
+
+    def forward(self, x: Tensor) -> Tensor:
+        fea = self.fea_conv(torch.cat([x, x, x, x], dim=1))
+        outs: list[Tensor] = []
+        out = fea
+        for i in range(1, self.num_block + 1):
+            out = getattr(self, f"B{i}")(out)
+            outs.append(out)
+        trunk = self.GELU(self.c1(torch.cat(outs, dim=1)))
+        return self.upsampler(self.c2(trunk) + fea)
+
+
+@register_model(
+    family="bsrn",
+    input_range=1.0,
+    min_size=15,  # ESA: stride-2 conv then a 7x7 max-pool need >= 15 px
+    paper=PAPER,
+    params_note="paper: 332K / 340K / 352K (x2/x3/x4), exact",
+)
+def bsrn(scale: int, **kwargs: Any) -> BSRN:
+    """BSRN: 64 features, 8 ESDB blocks, BSConvU, ESA + CCA, one-step pixel shuffle."""
+    return BSRN(scale, **{"num_feat": 64, "num_block": 8, "layout": "bsrn", **kwargs})
+
+
+@register_model(
+    family="bsrn",
+    input_range=1.0,
+    min_size=15,  # ESA: stride-2 conv then a 7x7 max-pool need >= 15 px
+    paper=PAPER,
+    params_note="paper: 156K at x4, exact; official weights exist for x4 only",
+)
+def bsrn_s(scale: int, **kwargs: Any) -> BSRN:
+    """BSRN-S: 48 features, 5 blocks, Linear 1x1s, channel weights instead of CCA (NTIRE 2022)."""
+    return BSRN(scale, **{"num_feat": 48, "num_block": 5, "layout": "bsrn_s", **kwargs})
+
+
+# -- detection ---------------------------------------------------------------------------------
+
+_DEFAULTS = {"bsrn": (64, 8), "bsrn_s": (48, 5)}
+_UPSAMPLER = "upsampler.upsampleOneStep.0.weight"
+
+
+@register_detector("bsrn")
+def detect_bsrn(sd: dict[str, Tensor]) -> Detection | None:
+    """BSConvU stem (`fea_conv.pw`/`.dw`), blocks `B1..Bn`, `upsampler.upsampleOneStep`.
+
+    BSRN-S is told apart by its channel weights `B1.cw` / 2-D (Linear) pointwise weights.
+    """
+    if not has_all(sd, ("fea_conv.pw.weight", "fea_conv.dw.weight", "c1.weight", _UPSAMPLER)):
+        return None
+    pw = sd["fea_conv.pw.weight"]
+    if pw.ndim not in (2, 4) or sd[_UPSAMPLER].ndim != 4:
+        return None
+    layout = "bsrn_s" if ("B1.cw" in sd or pw.ndim == 2) else "bsrn"
+    num_feat = pw.shape[0]
+    blocks = indices(sd, r"B(\d+)\.c1_d\.weight")
+    if pw.shape[1] != 12 or blocks != list(range(1, len(blocks) + 1)) or not blocks:
+        return None
+    num_block = len(blocks)
+    if sd["c1.weight"].shape[:2] != (num_feat, num_feat * num_block):
+        return None
+    scale = pixelshuffle_scale(sd[_UPSAMPLER].shape[0])
+    if scale is None:
+        return None
+    kwargs: dict[str, Any] = {}
+    feat, block = _DEFAULTS[layout]
+    if num_feat != feat:
+        kwargs["num_feat"] = num_feat
+    if num_block != block:
+        kwargs["num_block"] = num_block
+    return Detection(layout, scale, kwargs, dict(sd))
