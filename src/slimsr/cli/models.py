@@ -52,7 +52,7 @@ def models_command(
         typer.echo(json.dumps(rows, indent=2))
         return
     table = Table(title="slimsr models", show_lines=False)
-    for col in ("name", "scales", "params (x2 / x3 / x4)", "input", "size", "notes"):
+    for col in ("name", "scales", "params per scale", "input", "size", "notes"):
         table.add_column(col, overflow="fold")
     for row in rows:
         params = " / ".join(f"{row['params'][s]:,}" for s in row["scales"])
