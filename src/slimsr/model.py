@@ -18,7 +18,9 @@ from slimsr.errors import UnsupportedDtypeError
 from slimsr.registry import ModelInfo, count_parameters
 
 
-def pad_input(x: torch.Tensor, multiple: int = 1, min_size: int = 1) -> tuple[torch.Tensor, int, int]:
+def pad_input(
+    x: torch.Tensor, multiple: int = 1, min_size: int = 1
+) -> tuple[torch.Tensor, int, int]:
     """Pad bottom/right to a multiple and at least `min_size`, by reflection.
 
     Replicate padding is used where reflection is impossible (padding >= the image size).
