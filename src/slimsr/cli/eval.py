@@ -1,0 +1,207 @@
+"""`slimsr eval`: PSNR/SSIM tables on benchmark sets, reproducible against the papers."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import torch
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from slimsr.cli.app import app
+from slimsr.errors import SlimsrError
+from slimsr.evaluate import (
+    Dataset,
+    DatasetResult,
+    Row,
+    Upscaler,
+    bicubic_upscaler,
+    dataset_from_root,
+    evaluate_dataset,
+    pair_folders,
+    self_ensemble,
+)
+from slimsr.factory import create_model, load
+from slimsr.fileio import atomic_write_text
+from slimsr.metrics import PROTOCOLS
+from slimsr.model import SRModel
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SlimsrError("--device cuda asked for, but no CUDA device is available")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise SlimsrError(f"unknown device {device!r} (use auto, cpu or cuda)") from None
+
+
+def resolve_dtype(fp16: bool, bf16: bool) -> torch.dtype:
+    if fp16 and bf16:
+        raise SlimsrError("choose one of --fp16 and --bf16")
+    return torch.float16 if fp16 else torch.bfloat16 if bf16 else torch.float32
+
+
+def resolve_model(
+    model: str | None, scale: int | None, weights: Path | None, param_key: str | None
+) -> tuple[str, int, SRModel | None]:
+    """(label, scale, model or None for bicubic) from the CLI's model options."""
+    if model is not None and model.lower() == "bicubic":
+        if scale is None:
+            raise SlimsrError("-m bicubic needs --scale")
+        return "bicubic", scale, None
+    if weights is None:
+        if model is None:
+            raise SlimsrError("give --weights (architecture detected) or -m NAME --weights FILE")
+        raise SlimsrError(f"-m {model} needs --weights: random weights give meaningless numbers")
+    if model is None:
+        net = load(weights, param_key=param_key)
+        if scale is not None and scale != net.scale:
+            raise SlimsrError(f"{weights} is a x{net.scale} model, not x{scale}")
+    else:
+        net = create_model(model, scale, weights, param_key=param_key)
+    return f"{net.name} ({weights.name})", net.scale, net
+
+
+def collect_datasets(
+    data: list[Path], hr: list[Path], lr: list[Path], scale: int, generate_lr: bool
+) -> list[Dataset]:
+    if lr and len(lr) != len(hr):
+        raise SlimsrError("give one --lr per --hr (or none, to generate LR from HR)")
+    sets = [dataset_from_root(root, scale, generate_lr) for root in data]
+    for i, hr_dir in enumerate(hr):
+        sets.append(pair_folders(hr_dir, lr[i] if lr and not generate_lr else None, scale))
+    if not sets:
+        raise SlimsrError(
+            "no dataset: give --data ROOT (with HR/ and LR_bicubic/X<s>/) or --hr DIR"
+        )
+    return sets
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def results_table(label: str, scale: int, protocol: str, results: list[DatasetResult]) -> Table:
+    border, use_y = PROTOCOLS[protocol]
+    crop = scale if border == "scale" else border
+    title = f"{label} x{scale}: {'Y (BT.601)' if use_y else 'RGB'}, border {crop}, SR as uint8"
+    table = Table(title=title)
+    for col in ("dataset", "image", "PSNR", "SSIM", "bicubic PSNR", "bicubic SSIM", "note"):
+        table.add_column(col, overflow="fold")
+    for res in results:
+        for row in res.rows:
+            table.add_row(
+                row.dataset,
+                row.image,
+                _fmt(row.psnr, 2),
+                _fmt(row.ssim, 4),
+                _fmt(row.bicubic_psnr, 2),
+                _fmt(row.bicubic_ssim, 4),
+                row.error or "",
+            )
+        failed = len(res.rows) - len(res.ok_rows)
+        table.add_row(
+            f"[{res.dataset}]",
+            f"mean of {len(res.ok_rows)}",
+            _fmt(res.mean("psnr"), 2),
+            _fmt(res.mean("ssim"), 4),
+            _fmt(res.mean("bicubic_psnr"), 2),
+            _fmt(res.mean("bicubic_ssim"), 4),
+            f"{failed} failed" if failed else "",
+            end_section=True,
+        )
+    table.caption = "; ".join(f"{r.dataset} LR: {r.lr_source}" for r in results)
+    return table
+
+
+def results_csv(results: list[DatasetResult]) -> str:
+    buf = io.StringIO()
+    fields = list(Row.__dataclass_fields__)
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for res in results:
+        for row in res.rows:
+            writer.writerow(row.__dict__)
+    return buf.getvalue()
+
+
+@app.command("eval")
+def eval_command(
+    model: str = typer.Option(None, "-m", "--model", help="Registered name, or 'bicubic'."),
+    scale: int = typer.Option(None, "-s", "--scale", help="Upscaling factor."),
+    weights: Path = typer.Option(None, "-w", "--weights", help="Weights file (any format)."),
+    data: list[Path] = typer.Option(
+        [], "--data", help="Dataset root with HR/ and LR_bicubic/X<s>/ (repeatable)."
+    ),
+    hr: list[Path] = typer.Option([], "--hr", help="HR folder (repeatable)."),
+    lr: list[Path] = typer.Option([], "--lr", help="LR folder for the matching --hr."),
+    generate_lr: bool = typer.Option(
+        False, "--generate-lr", help="Make LR from HR with MATLAB-exact bicubic, ignore LR files."
+    ),
+    protocol: str = typer.Option(
+        "basicsr", "--protocol", help="basicsr (Y, border=scale) | ntire (RGB, border 4) | rgb."
+    ),
+    ensemble: bool = typer.Option(False, "--self-ensemble", help="x8 flips/rotations average."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    fp16: bool = typer.Option(False, "--fp16", help="Half precision (models that support it)."),
+    bf16: bool = typer.Option(False, "--bf16", help="bfloat16 (models that support it)."),
+    save_images: bool = typer.Option(
+        False, "--save-images", help="Write SR images and bicubic|SR|HR crops."
+    ),
+    out: Path = typer.Option(None, "-o", "--out", help="Folder for results.json/.csv/images."),
+    param_key: str = typer.Option(None, "--param-key", help="e.g. params or params_ema."),
+) -> None:
+    """Evaluate a model (or bicubic) on benchmark sets: PSNR/SSIM per image and mean."""
+    if protocol not in PROTOCOLS:
+        raise SlimsrError(f"--protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
+    label, scale, net = resolve_model(model, scale, weights, param_key)
+    datasets = collect_datasets(data, hr, lr, scale, generate_lr)
+    dev, dtype = resolve_device(device), resolve_dtype(fp16, bf16)
+    upscale: Upscaler
+    if net is None:
+        upscale, dtype = bicubic_upscaler(scale), torch.float32
+    else:
+        net.check_dtype(dtype)
+        if dtype == torch.float16 and dev.type == "cpu":
+            raise SlimsrError("--fp16 needs a CUDA device here; use --bf16 on CPU")
+        upscale = net.to(device=dev, dtype=dtype).eval()
+    if ensemble:
+        upscale = self_ensemble(upscale)
+    out = out or Path("eval_results") / f"{label.split(' ')[0]}_x{scale}"
+    console = Console(markup=False, highlight=False, stderr=True)
+    results = []
+    for ds in datasets:
+        with console.status(f"{ds.name}: {len(ds.pairs)} images"):
+            results.append(
+                evaluate_dataset(
+                    upscale,
+                    ds,
+                    scale,
+                    protocol=protocol,
+                    device=dev,
+                    dtype=dtype,
+                    save_dir=out / "images" if save_images else None,
+                )
+            )
+    Console(markup=False, highlight=False).print(results_table(label, scale, protocol, results))
+    report = {
+        "model": label,
+        "scale": scale,
+        "protocol": protocol,
+        "self_ensemble": ensemble,
+        "dtype": str(dtype).replace("torch.", ""),
+        "datasets": [r.to_dict() for r in results],
+    }
+    atomic_write_text(out / "results.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out / "results.csv", results_csv(results))
+    typer.echo(f"wrote {out / 'results.json'} and {out / 'results.csv'}")
+    failed = sum(len(r.rows) - len(r.ok_rows) for r in results)
+    if failed:
+        raise SlimsrError(f"{failed} image(s) could not be evaluated (see the note column)")

@@ -1,0 +1,260 @@
+"""Benchmark evaluation: pair HR/LR files, run a model, score it the way the papers do.
+
+The protocol details that decide whether a number compares with a paper live in
+`slimsr.metrics` (quantisation, border crop, Y of BT.601) and `slimsr.imaging.resize` (MATLAB
+bicubic). This module only pairs files, runs the model and collects rows; a pair that does not
+fit (missing LR, sizes that disagree with the scale) becomes a row with an error, never a silent
+skip, so a table always accounts for every HR image.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from slimsr.errors import SlimsrError
+from slimsr.imaging import imresize, list_images, modcrop, read_image, write_image
+from slimsr.metrics import evaluate_pair
+
+Upscaler = Callable[[Tensor], Tensor]
+"""(1,3,h,w) float in [0,1] -> (1,3,h*s,w*s): a model, an ensemble, or bicubic."""
+
+
+class DatasetError(SlimsrError):
+    """An evaluation folder that is missing, empty, or laid out in a way we cannot pair."""
+
+
+@dataclass
+class Pair:
+    name: str
+    hr: Path
+    lr: Path | None  # None: LR is generated from HR with MATLAB bicubic
+
+
+@dataclass
+class Dataset:
+    """One benchmark set: its name, the pairs, and where the LR images come from."""
+
+    name: str
+    pairs: list[Pair]
+    lr_source: str
+
+
+@dataclass
+class Row:
+    dataset: str
+    image: str
+    psnr: float | None = None
+    ssim: float | None = None
+    bicubic_psnr: float | None = None
+    bicubic_ssim: float | None = None
+    error: str | None = None
+
+
+@dataclass
+class DatasetResult:
+    dataset: str
+    lr_source: str
+    rows: list[Row] = field(default_factory=list)
+
+    @property
+    def ok_rows(self) -> list[Row]:
+        return [r for r in self.rows if r.error is None]
+
+    def mean(self, key: str) -> float | None:
+        values = [getattr(r, key) for r in self.ok_rows]
+        values = [v for v in values if v is not None and math.isfinite(v)]
+        return sum(values) / len(values) if values else None
+
+    def to_dict(self) -> dict:
+        return {
+            "dataset": self.dataset,
+            "lr_source": self.lr_source,
+            "images": len(self.rows),
+            "failed": len(self.rows) - len(self.ok_rows),
+            "mean": {k: self.mean(k) for k in ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")},
+            "rows": [asdict(r) for r in self.rows],
+        }
+
+
+# -- pairing ------------------------------------------------------------------------------------
+
+
+def _match_lr(lr_files: dict[str, Path], stem: str, scale: int) -> Path | None:
+    for candidate in (stem, f"{stem}x{scale}", f"{stem}_x{scale}", f"{stem}X{scale}"):
+        if candidate in lr_files:
+            return lr_files[candidate]
+    return None
+
+
+def pair_folders(hr_dir: Path, lr_dir: Path | None, scale: int, name: str | None = None) -> Dataset:
+    """Pair every HR image with `<stem>.*` or `<stem>x<s>.*` in `lr_dir` (or none: generate).
+
+    An HR image without an LR partner keeps a pair whose LR path does not exist; evaluation
+    reports it by name.
+    """
+    hr_dir = Path(hr_dir)
+    if not hr_dir.is_dir():
+        raise DatasetError(f"{hr_dir}: HR folder not found")
+    hr_files = list_images(hr_dir)
+    if not hr_files:
+        raise DatasetError(f"{hr_dir}: no images in the HR folder")
+    lr_files: dict[str, Path] = {}
+    if lr_dir is not None:
+        if not Path(lr_dir).is_dir():
+            raise DatasetError(f"{lr_dir}: LR folder not found")
+        lr_files = {p.stem: p for p in list_images(lr_dir)}
+    pairs = []
+    for hr in hr_files:
+        lr = None
+        if lr_dir is not None:
+            lr = _match_lr(lr_files, hr.stem, scale) or Path(lr_dir) / f"{hr.stem}x{scale}.png"
+        pairs.append(Pair(hr.stem, hr, lr))
+    source = str(lr_dir) if lr_dir is not None else "generated (MATLAB bicubic, uint8)"
+    default_name = hr_dir.parent.name if hr_dir.name.upper() == "HR" else hr_dir.name
+    return Dataset(name or default_name, pairs, source)
+
+
+LR_LAYOUTS = ("LR_bicubic/X{s}", "LR_bicubic_huang2015/X{s}", "LR/X{s}", "LR_bicubic/x{s}")
+
+
+def dataset_from_root(root: Path, scale: int, generate_lr: bool = False) -> Dataset:
+    """A benchmark folder laid out as `ROOT/HR` + `ROOT/LR_bicubic/X{s}` (or Huang et al.'s).
+
+    The first LR layout that exists is used (MATLAB-made `LR_bicubic` first); with none, or
+    with `generate_lr`, LR images are made from HR with our MATLAB-exact bicubic.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset folder not found")
+    hr_dir = root / "HR" if (root / "HR").is_dir() else root
+    lr_dir = None
+    if not generate_lr:
+        for layout in LR_LAYOUTS:
+            if (root / layout.format(s=scale)).is_dir():
+                lr_dir = root / layout.format(s=scale)
+                break
+    return pair_folders(hr_dir, lr_dir, scale, name=root.name)
+
+
+# -- running ------------------------------------------------------------------------------------
+
+
+def self_ensemble(upscale: Upscaler) -> Upscaler:
+    """x8 geometric self-ensemble: average over the 8 flips/rotations, each undone."""
+
+    def run(x: Tensor) -> Tensor:
+        total = None
+        for k in range(4):
+            for flip in (False, True):
+                t = torch.rot90(x, k, (-2, -1))
+                t = t.flip(-1) if flip else t
+                y = upscale(t)
+                y = y.flip(-1) if flip else y
+                y = torch.rot90(y, -k, (-2, -1))
+                total = y.float() if total is None else total + y.float()
+        assert total is not None
+        return total / 8
+
+    return run
+
+
+def bicubic_upscaler(scale: int) -> Upscaler:
+    """MATLAB bicubic upscaling (float, no rounding): the baseline row of every SR table."""
+    return lambda x: imresize(x, scale)
+
+
+def _quant_name(name: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", name)
+
+
+def evaluate_dataset(
+    upscale: Upscaler,
+    dataset: Dataset,
+    scale: int,
+    *,
+    protocol: str = "basicsr",
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    save_dir: Path | None = None,
+    on_image: Callable[[Row], None] | None = None,
+) -> DatasetResult:
+    """Score `upscale` on every pair of `dataset`; bicubic is scored on the same pairs."""
+    result = DatasetResult(dataset.name, dataset.lr_source)
+    bicubic = bicubic_upscaler(scale)
+    for pair in dataset.pairs:
+        row = Row(dataset.name, pair.name)
+        try:
+            hr, lr = _load_pair(pair, scale)
+            with torch.inference_mode():
+                sr = upscale(lr.to(device=device, dtype=dtype)[None]).float().cpu()[0]
+                bic = bicubic(lr[None])[0]
+            metrics = evaluate_pair(sr, hr, scale, protocol=protocol)  # type: ignore[arg-type]
+            base = evaluate_pair(bic, hr, scale, protocol=protocol)  # type: ignore[arg-type]
+            row.psnr, row.ssim = metrics["psnr"], metrics["ssim"]
+            row.bicubic_psnr, row.bicubic_ssim = base["psnr"], base["ssim"]
+            if save_dir is not None:
+                _save_outputs(save_dir / _quant_name(dataset.name), pair.name, sr, bic, hr)
+        except SlimsrError as exc:  # this image is reported as failed; the others still run
+            row.error = str(exc)
+        result.rows.append(row)
+        if on_image is not None:
+            on_image(row)
+    return result
+
+
+def _load_pair(pair: Pair, scale: int) -> tuple[Tensor, Tensor]:
+    """HR modcropped to the scale, and its LR (read or generated); sizes checked."""
+    hr = modcrop(read_image(pair.hr).rgb, scale)
+    if pair.lr is None:
+        return hr, imresize(hr, 1.0 / scale, mode="uint8")
+    if not pair.lr.exists():
+        raise DatasetError(f"no LR image for {pair.hr.name} (looked for {pair.lr.name})")
+    lr = read_image(pair.lr).rgb
+    expected = (hr.shape[-2] // scale, hr.shape[-1] // scale)
+    if tuple(lr.shape[-2:]) != expected:
+        raise DatasetError(
+            f"{pair.lr.name} is {lr.shape[-1]}x{lr.shape[-2]}, but {pair.hr.name} modcropped to "
+            f"x{scale} needs {expected[1]}x{expected[0]}"
+        )
+    return hr, lr
+
+
+def _save_outputs(folder: Path, name: str, sr: Tensor, bic: Tensor, hr: Tensor) -> None:
+    """SR image, plus a side-by-side crop (bicubic | SR | HR) around the most detailed area."""
+    write_image(sr.clamp(0, 1), folder / f"{name}.png")
+    write_image(comparison_strip([bic, sr, hr]), folder / f"{name}_compare.png")
+
+
+def detail_window(hr: Tensor, size: int) -> tuple[int, int]:
+    """Top-left of the `size` window with the most gradient energy (where SR differs most)."""
+    gray = hr.mean(0, keepdim=True)[None]
+    grad = (gray[..., 1:, :-1] - gray[..., :-1, :-1]).abs() + (
+        gray[..., :-1, 1:] - gray[..., :-1, :-1]
+    ).abs()
+    k = min(size, grad.shape[-2], grad.shape[-1])
+    energy = torch.nn.functional.avg_pool2d(grad, k, stride=max(1, k // 4))
+    idx = int(energy.flatten().argmax())
+    cols = energy.shape[-1]
+    stride = max(1, k // 4)
+    return (idx // cols) * stride, (idx % cols) * stride
+
+
+def comparison_strip(images: Iterable[Tensor], size: int = 128, gap: int = 4) -> Tensor:
+    """Crops of the same window from each (C,H,W) image, side by side with white gaps."""
+    images = [im.clamp(0, 1) for im in images]
+    ref = images[-1]
+    size = min(size, ref.shape[-2], ref.shape[-1])
+    top, left = detail_window(ref, size)
+    crops = [im[:, top : top + size, left : left + size] for im in images]
+    spacer = torch.ones(3, size, gap)
+    parts: list[Tensor] = []
+    for i, crop in enumerate(crops):
+        parts += [crop] if i == 0 else [spacer, crop]
+    return torch.cat(parts, dim=-1)
