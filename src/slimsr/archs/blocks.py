@@ -152,3 +152,34 @@ class CCALayer(nn.Module):
         # Population std written out (not torch.std) so that ONNX export sees plain ops.
         std = (x - mean).pow(2).mean(dim=(2, 3), keepdim=True).sqrt()
         return x * self.conv_du(std + mean)
+
+
+class DistillationBlock(nn.Module):
+    """The feature-distillation trunk shared by RFDN's RFDB and BSRN's ESDB.
+
+    Three stages each split off a distilled 1x1 branch (`c{i}_d`) and refine the rest with a
+    residual 3x3 (`c{i}_r`); `c4` condenses the last refinement and `c5` fuses the four
+    distilled streams. Subclasses create the layers (plain or blueprint convs) and add their
+    attention after `distill`.
+    """
+
+    c1_d: nn.Module
+    c1_r: nn.Module
+    c2_d: nn.Module
+    c2_r: nn.Module
+    c3_d: nn.Module
+    c3_r: nn.Module
+    c4: nn.Module
+    c5: nn.Module
+    act: nn.Module
+
+    def distill(self, x: Tensor) -> Tensor:
+        act = self.act
+        d1 = act(self.c1_d(x))
+        r1 = act(self.c1_r(x) + x)
+        d2 = act(self.c2_d(r1))
+        r2 = act(self.c2_r(r1) + r1)
+        d3 = act(self.c3_d(r2))
+        r3 = act(self.c3_r(r2) + r2)
+        r4 = act(self.c4(r3))
+        return self.c5(torch.cat([d1, d2, d3, r4], dim=1))

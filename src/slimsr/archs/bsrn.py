@@ -24,6 +24,7 @@ from slimsr.archs.blocks import (
     CCALayer,
     ChannelLinear,
     ConvFactory,
+    DistillationBlock,
     OneStepUpsampler,
     conv1x1,
     conv3x3_down,
@@ -50,7 +51,7 @@ def _esa(num_feat: int, layout: str) -> ESA:
     return ESA(num_feat, pointwise, conv, down, nn.GELU)
 
 
-class ESDB(nn.Module):
+class ESDB(DistillationBlock):
     """Efficient separable distillation block: three BSRB steps that each split off half the
     channels, a fourth BSConv, a 1x1 fusion, ESA, then CCA (BSRN) or `cw` + `conv_out`
     (BSRN-S), plus the block input."""
@@ -78,15 +79,7 @@ class ESDB(nn.Module):
             self.conv_out = ChannelLinear(num_feat, num_feat)
 
     def forward(self, x: Tensor) -> Tensor:
-        act = self.act
-        d1 = act(self.c1_d(x))
-        r1 = act(self.c1_r(x) + x)
-        d2 = act(self.c2_d(r1))
-        r2 = act(self.c2_r(r1) + r1)
-        d3 = act(self.c3_d(r2))
-        r3 = act(self.c3_r(r2) + r2)
-        r4 = act(self.c4(r3))
-        out = self.esa(self.c5(torch.cat([d1, d2, d3, r4], dim=1)))
+        out = self.esa(self.distill(x))
         if self.cca is not None:
             out = self.cca(out)
         else:

@@ -14,11 +14,11 @@ import torch
 from torch import Tensor, nn
 
 from slimsr.archs._detect import has_all, indices, pixelshuffle_scale
-from slimsr.archs.blocks import ESA, OneStepUpsampler, conv1x1, conv3x3
+from slimsr.archs.blocks import ESA, DistillationBlock, OneStepUpsampler, conv1x1, conv3x3
 from slimsr.registry import Detection, register_detector, register_model
 
 
-class RFDB(nn.Module):
+class RFDB(DistillationBlock):
     """Residual feature distillation block: three (1x1 distil, 3x3 residual) steps, a fourth 3x3,
     a 1x1 fusion and ESA. Unlike BSRN's ESDB there is no block-level skip connection."""
 
@@ -37,15 +37,7 @@ class RFDB(nn.Module):
         self.esa = ESA(num_feat)
 
     def forward(self, x: Tensor) -> Tensor:
-        act = self.act
-        d1 = act(self.c1_d(x))
-        r1 = act(self.c1_r(x) + x)
-        d2 = act(self.c2_d(r1))
-        r2 = act(self.c2_r(r1) + r1)
-        d3 = act(self.c3_d(r2))
-        r3 = act(self.c3_r(r2) + r2)
-        r4 = act(self.c4(r3))
-        return self.esa(self.c5(torch.cat([d1, d2, d3, r4], dim=1)))
+        return self.esa(self.distill(x))  # no block-level residual, as in the official RFDB
 
 
 class RFDN(nn.Module):
