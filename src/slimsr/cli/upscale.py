@@ -1,0 +1,156 @@
+"""`slimsr upscale INPUT... -o OUT`: the everyday command."""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from slimsr.cli.app import app
+from slimsr.cli.eval import resolve_device, resolve_dtype
+from slimsr.errors import SlimsrError
+from slimsr.factory import create_model, load
+from slimsr.imaging import SUFFIXES, list_images, read_image, write_like
+from slimsr.model import SRModel
+from slimsr.upscale import UpscaleOptions, planned_tiles, upscale_loaded
+from slimsr.weights import default_model
+
+EXT_CHOICES = ("auto", "png", "jpg", "webp")
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files, folders (their images) and glob patterns -> image paths, in order, no repeats."""
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            images = list_images(path)
+            if not images:
+                raise SlimsrError(f"{path}: no images in this folder")
+            found += images
+        elif path.is_file():
+            found.append(path)
+        elif glob.has_magic(item):
+            matches = sorted(Path(p) for p in glob.glob(item) if Path(p).is_file())
+            matches = [p for p in matches if p.suffix.lower() in SUFFIXES]
+            if not matches:
+                raise SlimsrError(f"{item}: no images match this pattern")
+            found += matches
+        else:
+            raise SlimsrError(f"{item}: no such file or folder")
+    unique, seen = [], set()
+    for p in found:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique
+
+
+def output_path(src: Path, out_dir: Path, suffix: str, ext: str, bit16: bool) -> Path:
+    if ext == "auto":
+        src_ext = src.suffix.lower().lstrip(".")
+        ext = src_ext if src_ext in ("png", "jpg", "jpeg", "webp") and not bit16 else "png"
+    name = f"{src.stem}_{suffix}" if suffix else src.stem
+    return out_dir / f"{name}.{ext}"
+
+
+def pick_model(model: str | None, weights: Path | None, scale: int | None) -> SRModel:
+    if weights is not None:
+        net = create_model(model, scale, weights) if model else load(weights)
+        if scale is not None and net.scale != scale:
+            raise SlimsrError(f"{weights} is a x{net.scale} model, not x{scale}")
+        return net
+    if model is not None:
+        raise SlimsrError(f"-m {model} needs --weights (only the default model is bundled)")
+    return default_model(scale or 4)
+
+
+def rank_share(items: list[Path]) -> tuple[list[Path], int, int]:
+    """This process's share under torchrun (RANK / WORLD_SIZE), or everything."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    return items[rank::world], rank, world
+
+
+@app.command("upscale")
+def upscale_command(
+    inputs: list[str] = typer.Argument(..., help="Image files, folders or glob patterns."),
+    out: Path = typer.Option(Path("upscaled"), "-o", "--output", help="Output folder."),
+    model: str = typer.Option(None, "-m", "--model", help="Registered model name."),
+    weights: Path = typer.Option(None, "-w", "--weights", help="Weights (default: bundled)."),
+    scale: int = typer.Option(None, "-s", "--scale", help="Network scale (default 4)."),
+    outscale: float = typer.Option(None, "--outscale", help="Final scale (resized after)."),
+    suffix: str = typer.Option(None, "--suffix", help="Appended to names (default x<scale>)."),
+    ext: str = typer.Option("auto", "--ext", help="auto | png | jpg | webp."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+    tile: int = typer.Option(None, "--tile", help="LR tile size (0: never; default: auto)."),
+    overlap: int = typer.Option(16, "--tile-overlap", help="Overlap between tiles (LR px)."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    fp16: bool = typer.Option(False, "--fp16", help="Half precision (CUDA)."),
+    bf16: bool = typer.Option(False, "--bf16", help="bfloat16."),
+    quality: int = typer.Option(95, "--quality", help="JPEG/WebP quality."),
+) -> None:
+    """Upscale images with the bundled model or any supported weights file."""
+    if ext not in EXT_CHOICES:
+        raise SlimsrError(f"--ext must be one of {', '.join(EXT_CHOICES)}, not {ext!r}")
+    if outscale is not None and outscale <= 0:
+        raise SlimsrError("--outscale must be positive")
+    files = expand_inputs(inputs)
+    dtype = resolve_dtype(fp16, bf16)
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    dev = resolve_device(device)
+    if dev.type == "cuda" and "WORLD_SIZE" in os.environ:
+        dev = __import__("torch").device("cuda", local_rank)
+    net = pick_model(model, weights, scale)
+    net.check_dtype(dtype)
+    if fp16 and dev.type == "cpu":
+        raise SlimsrError("--fp16 needs a CUDA device; use --bf16 on CPU")
+    net = net.to(device=dev, dtype=dtype).eval()
+    opts = UpscaleOptions(tile=tile, overlap=overlap, outscale=outscale, device=dev, dtype=dtype)
+    suffix = suffix if suffix is not None else f"x{outscale or net.scale:g}"
+    inputs_resolved = {p.resolve() for p in files}
+    mine, rank, world = rank_share(files)
+    done, skipped, failed = 0, [], []
+    console = Console(stderr=True, markup=False, highlight=False)
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=rank != 0,
+    )
+    with progress:
+        images_task = progress.add_task("images", total=len(mine))
+        tiles_task = progress.add_task("tiles", total=1)
+        for src in mine:
+            try:
+                image = read_image(src)
+                dst = output_path(src, out, suffix, ext, image.bit_depth == 16)
+                if dst.resolve() in inputs_resolved:
+                    raise SlimsrError(f"{dst}: would overwrite an input; use --suffix")
+                if dst.exists() and not overwrite:
+                    skipped.append(dst)
+                    progress.advance(images_task)
+                    continue
+                n_tiles = planned_tiles(image.height, image.width, opts)
+                progress.reset(tiles_task, total=n_tiles, description=f"tiles of {src.name}")
+                result, alpha = upscale_loaded(
+                    net, image, opts, lambda: progress.advance(tiles_task)
+                )
+                write_like(result, dst, image, alpha=alpha, quality=quality)
+                done += 1
+            except SlimsrError as exc:
+                failed.append(str(exc))
+                console.print(f"error: {exc}")
+            progress.advance(images_task)
+    where = f" (rank {rank}/{world})" if world > 1 else ""
+    typer.echo(f"upscaled {done} image(s) into {out}{where}")
+    for dst in skipped:
+        typer.echo(f"skipped {dst}: exists (pass --overwrite to replace)")
+    if failed:
+        raise SlimsrError(f"{len(failed)} of {len(mine)} image(s) failed (see above)")
