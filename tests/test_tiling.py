@@ -1,0 +1,53 @@
+"""Blended tiling: exact for identical predictions, seam-free for local networks."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import slimsr
+from slimsr.tiling import count_tiles, edge_ramp, tile_starts, upscale_tiled
+
+
+@pytest.mark.parametrize(
+    ("length", "tile", "overlap"),
+    [(100, 32, 8), (33, 32, 8), (64, 64, 8), (7, 32, 4), (97, 30, 15)],
+)
+def test_tiles_cover_everything_with_at_least_the_overlap(length, tile, overlap) -> None:
+    starts = tile_starts(length, tile, overlap)
+    covered = torch.zeros(length, dtype=torch.bool)
+    for s in starts:
+        covered[s : s + tile] = True
+    assert covered.all() and starts[0] == 0 and starts[-1] + min(tile, length) == length
+    for a, b in itertools.pairwise(starts):
+        assert a + tile - b >= overlap
+
+
+def test_window_weights_sum_to_one_in_overlaps_and_are_one_inside() -> None:
+    w = edge_ramp(40, 16, at_start=True, at_end=True)
+    assert w[:4].eq(0).all() and w[-4:].eq(0).all() and w[16:24].eq(1).all()
+    left_tile_end, right_tile_start = edge_ramp(40, 16, False, True), edge_ramp(40, 16, True, False)
+    # neighbours overlapping by 16: the two weights over the overlap add up to a positive value
+    assert (left_tile_end[-16:] + right_tile_start[:16]).min() > 0.99
+
+
+def test_identical_predictions_blend_exactly() -> None:
+    x = torch.rand(1, 3, 50, 37)
+    up = lambda t: F.interpolate(t, scale_factor=3, mode="nearest")  # noqa: E731 (pointwise)
+    torch.testing.assert_close(upscale_tiled(up, x, 3, 16, 6), up(x))
+    assert count_tiles(50, 37, 16, 6) > 4
+
+
+@pytest.mark.parametrize(("name", "scale"), [("fmen_s", 4), ("abpn", 3), ("edsrmini", 2)])
+def test_local_networks_tile_within_1_over_255(name: str, scale: int) -> None:
+    torch.manual_seed(0)
+    model = slimsr.create_model(name, scale)
+    x = torch.rand(1, 3, 70, 61)
+    with torch.inference_mode():
+        whole = model(x).clamp(0, 1)
+        tiled = upscale_tiled(model, x, scale, 32, 16).clamp(0, 1)
+    close = ((whole - tiled).abs() <= 1 / 255).float().mean().item()
+    assert close >= 0.999, close
