@@ -1,0 +1,155 @@
+"""`slimsr profile`: params, FLOPs (every convention, labelled), activations, convs, runtime,
+peak memory of one model, as a table and as JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from slimsr.cli.app import app
+from slimsr.errors import SlimsrError
+from slimsr.factory import create_model, load
+from slimsr.fileio import atomic_write_text
+from slimsr.model import SRModel
+from slimsr.profile import (
+    CONVENTION_NOTES,
+    CONVENTIONS,
+    ProfileReport,
+    busy_cpu_warning,
+    parse_size,
+    profile_model,
+)
+
+
+def _resolve(model: str | None, scale: int | None, weights: Path | None) -> SRModel:
+    if model is None:
+        if weights is None:
+            raise SlimsrError("give -m NAME (and --scale), or --weights FILE to detect the model")
+        net = load(weights)
+        if scale is not None and scale != net.scale:
+            raise SlimsrError(f"{weights} is a x{net.scale} model, not x{scale}")
+        return net
+    return create_model(model, scale, weights)
+
+
+def _device(device: str) -> torch.device:
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise SlimsrError(f"--device must be cpu or cuda, not {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SlimsrError("--device cuda asked for, but no CUDA device is available")
+    return torch.device(device)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.1f} MB"
+
+
+def report_table(report: ProfileReport) -> Table:
+    d = report.to_dict()
+    (h, w), (oh, ow) = d["input_hw"], d["output_hw"]
+    where = f"{ow}x{oh} output" if report.output_size_mode else f"{w}x{h} LR input"
+    title = f"{report.model} x{report.scale}: {where} (raw network, input range [0,{d['input_range']:g}])"
+    table = Table(title=title, show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("note", overflow="fold")
+    table.add_row("params", f"{d['params']:,}", "all parameters, as NTIRE counts them")
+    for form, n in d["params_forms"].items():
+        table.add_row(f"params ({form} form)", f"{n:,}", "re-parameterisable model")
+    for conv in CONVENTIONS:
+        table.add_row(f"FLOPs {conv}", f"{d['flops'][conv] / 1e9:.4f} G", CONVENTION_NOTES[conv])
+    table.add_row("activations", f"{d['activations'] / 1e6:.2f} M", "conv output elements (NTIRE)")
+    table.add_row("convs", str(d["convs"]), "conv calls (NTIRE): a reused conv counts twice")
+    rt: dict[str, Any] | None = d["runtime"]
+    if rt:
+        setting = f"{rt['device']}, {rt['method']}"
+        if rt["threads"]:
+            setting += f", {rt['threads']} threads"
+        s = d["settings"]
+        setting += f", {'channels_last' if s.get('channels_last') else 'contiguous'}"
+        if s.get("compile"):
+            setting += ", torch.compile"
+        table.add_row("runtime median", f"{rt['median_ms']:.2f} ms", setting)
+        table.add_row(
+            "runtime spread",
+            f"{rt['iqr_ms']:.2f} ms",
+            f"IQR over {len(rt['times_ms'])} runs; min {rt['min_ms']:.2f}, max {rt['max_ms']:.2f}",
+        )
+        warm = ", ".join(f"{t:.1f}" for t in rt["warmup_ms"]) or "none"
+        table.add_row("first run", f"{rt['first_ms']:.2f} ms", f"warm-up runs excluded: {warm} ms")
+    mem: dict[str, Any] | None = d["memory"]
+    if mem:
+        if mem["device"] == "cpu":
+            table.add_row(
+                "peak memory increase",
+                _mb(mem["peak_increase_bytes"]),
+                f"resident memory, child process ({mem['method']}); before: "
+                f"{_mb(mem['baseline_bytes'])}",
+            )
+        else:
+            table.add_row(
+                "peak memory",
+                _mb(mem["peak_bytes"]),
+                f"max_memory_allocated incl. weights and input (NTIRE [M]); forward alone "
+                f"{_mb(mem['peak_increase_bytes'])}",
+            )
+    return table
+
+
+@app.command("profile")
+def profile_command(
+    model: str = typer.Option(None, "-m", "--model", help="Registered model name."),
+    scale: int = typer.Option(None, "-s", "--scale", help="Upscaling factor."),
+    weights: Path = typer.Option(
+        None, "-w", "--weights", help="Weights (optional: counts and timings do not need them)."
+    ),
+    input_size: str = typer.Option(
+        None, "--input", help="LR input size WxH (default 256x256, the NTIRE setting)."
+    ),
+    output_size: str = typer.Option(
+        None, "--output", help="Output size WxH instead, e.g. 1280x720 (the papers' Mult-Adds)."
+    ),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda."),
+    threads: int = typer.Option(None, "--threads", help="CPU threads (default: torch's)."),
+    repeats: int = typer.Option(10, "--repeats", help="Timed runs after the warm-up."),
+    warmup: int = typer.Option(2, "--warmup", help="Warm-up runs (timed, reported, excluded)."),
+    channels_last: bool = typer.Option(
+        None,
+        "--channels-last/--contiguous",
+        help="Memory format (default: the family's measured best on CPU).",
+    ),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the network first."),
+    no_runtime: bool = typer.Option(False, "--no-runtime", help="Counts only: no timing."),
+    no_memory: bool = typer.Option(False, "--no-memory", help="Skip the peak-memory run."),
+    json_out: Path = typer.Option(None, "--json", help="Write the report as JSON here."),
+) -> None:
+    """Params, FLOPs in every convention, activations, convs, runtime and peak memory."""
+    if input_size is not None and output_size is not None:
+        raise SlimsrError("give --input or --output, not both")
+    net = _resolve(model, scale, weights)
+    report = profile_model(
+        net,
+        input_hw=parse_size(input_size) if input_size else None,
+        output_hw=parse_size(output_size) if output_size else None,
+        device=_device(device),
+        threads=threads,
+        warmup=warmup,
+        repeats=repeats,
+        channels_last=channels_last,
+        compile=compile_,
+        runtime=not no_runtime,
+        memory=not no_memory,
+    )
+    Console(markup=False, highlight=False, width=150).print(report_table(report))
+    warning = busy_cpu_warning(report.settings) if report.runtime else None
+    if warning:
+        typer.echo(f"warning: {warning}", err=True)
+    if json_out is not None:
+        atomic_write_text(json_out, json.dumps(report.to_dict(), indent=2) + "\n")
+        typer.echo(f"wrote {json_out}")
