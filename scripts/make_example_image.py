@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 
 def render(width: int = 192, height: int = 128) -> Image.Image:
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    yy = np.mgrid[0:height, 0:width][0].astype(np.float32)
     sky = np.stack(
         [90 + 80 * yy / height, 140 + 60 * yy / height, 210 - 40 * yy / height], axis=-1
     )

@@ -271,6 +271,7 @@ _FULL_NOTE = (
 @register_model(
     family="fmen",
     input_range=255.0,
+    supports_fp16=False,  # HFAB attention activations exceed fp16 range (measured 4.6e7)
     paper=PAPER,
     params_note="paper: 341K at x4 (exact: 341,066); deploy (re-parameterised) form",
 )
@@ -279,7 +280,13 @@ def fmen_s(scale: int, **kwargs: Any) -> FMEN:
     return FMEN(scale, **{**FMEN_S_CONFIG, **kwargs})
 
 
-@register_model(family="fmen", input_range=255.0, paper=PAPER, params_note=_FULL_NOTE)
+@register_model(
+    family="fmen",
+    input_range=255.0,
+    supports_fp16=False,  # HFAB attention activations exceed fp16 range (measured 4.6e7)
+    paper=PAPER,
+    params_note=_FULL_NOTE,
+)
 def fmen(scale: int, **kwargs: Any) -> FMEN:
     """FMEN (deploy form): 64 features, 4 ERB-HFAB pairs, plain 3x3 convs."""
     return FMEN(scale, **{**FMEN_CONFIG, **kwargs})
@@ -288,6 +295,7 @@ def fmen(scale: int, **kwargs: Any) -> FMEN:
 @register_model(
     family="fmen",
     input_range=255.0,
+    supports_fp16=False,  # HFAB attention activations exceed fp16 range (measured 4.6e7)
     paper=PAPER,
     params_note="train-time form (RRRB + BatchNorm), 1,045,866 params at x4; folds into fmen_s",
     deploy_form="fmen_s",
@@ -300,6 +308,7 @@ def fmen_s_train(scale: int, **kwargs: Any) -> TrainFMEN:
 @register_model(
     family="fmen",
     input_range=255.0,
+    supports_fp16=False,  # HFAB attention activations exceed fp16 range (measured 4.6e7)
     paper=PAPER,
     params_note="train-time form (RRRB + BatchNorm); folds into fmen. " + _FULL_NOTE,
     deploy_form="fmen",

@@ -29,6 +29,7 @@ from slimsr.factory import create_model, load
 from slimsr.fileio import atomic_write_text
 from slimsr.metrics import PROTOCOLS
 from slimsr.model import SRModel
+from slimsr.quant.onnx import OnnxUpscaler, is_onnx_path
 
 
 def resolve_device(device: str) -> torch.device:
@@ -50,7 +51,7 @@ def resolve_dtype(fp16: bool, bf16: bool) -> torch.dtype:
 
 def resolve_model(
     model: str | None, scale: int | None, weights: Path | None, param_key: str | None
-) -> tuple[str, int, SRModel | None]:
+) -> tuple[str, int, SRModel | OnnxUpscaler | None]:
     """(label, scale, model or None for bicubic) from the CLI's model options."""
     if model is not None and model.lower() == "bicubic":
         if scale is None:
@@ -60,7 +61,9 @@ def resolve_model(
         if model is None:
             raise SlimsrError("give --weights (architecture detected) or -m NAME --weights FILE")
         raise SlimsrError(f"-m {model} needs --weights: random weights give meaningless numbers")
-    if model is None:
+    if is_onnx_path(weights):
+        net = OnnxUpscaler(weights, scale, arch=model)
+    elif model is None:
         net = load(weights, param_key=param_key)
         if scale is not None and scale != net.scale:
             raise SlimsrError(f"{weights} is a x{net.scale} model, not x{scale}")
