@@ -143,3 +143,13 @@ def test_unknown_model_and_scale_errors() -> None:
     with pytest.raises(slimsr.UnsupportedScaleError, match="not x5"):
         slimsr.create_model("edsrmini", 5)
     assert isinstance(slimsr.UnknownModelError("x"), slimsr.SlimsrError)
+
+
+def test_written_files_get_normal_permissions(tmp_path) -> None:
+    import os
+
+    path = tmp_path / "w.safetensors"
+    slimsr.save(small_edsrmini(), path)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask

@@ -16,6 +16,7 @@ from slimsr.errors import SlimsrError
 from slimsr.factory import create_model, load
 from slimsr.imaging import SUFFIXES, list_images, read_image, write_like
 from slimsr.model import SRModel
+from slimsr.quant.onnx import OnnxUpscaler, is_onnx_path
 from slimsr.upscale import UpscaleOptions, planned_tiles, upscale_loaded
 from slimsr.weights import default_model
 
@@ -59,7 +60,11 @@ def output_path(src: Path, out_dir: Path, suffix: str, ext: str, bit16: bool) ->
     return out_dir / f"{name}.{ext}"
 
 
-def pick_model(model: str | None, weights: Path | None, scale: int | None) -> SRModel:
+def pick_model(
+    model: str | None, weights: Path | None, scale: int | None
+) -> SRModel | OnnxUpscaler:
+    if is_onnx_path(weights):
+        return OnnxUpscaler(weights, scale, arch=model)
     if weights is not None:
         net = create_model(model, scale, weights) if model else load(weights)
         if scale is not None and net.scale != scale:
@@ -67,7 +72,7 @@ def pick_model(model: str | None, weights: Path | None, scale: int | None) -> SR
         return net
     if model is not None:
         raise SlimsrError(f"-m {model} needs --weights (only the default model is bundled)")
-    return default_model(scale or 4)
+    return default_model(scale)
 
 
 def rank_share(items: list[Path]) -> tuple[list[Path], int, int]:
@@ -82,7 +87,9 @@ def upscale_command(
     out: Path = typer.Option(Path("upscaled"), "-o", "--output", help="Output folder."),
     model: str = typer.Option(None, "-m", "--model", help="Registered model name."),
     weights: Path = typer.Option(None, "-w", "--weights", help="Weights (default: bundled)."),
-    scale: int = typer.Option(None, "-s", "--scale", help="Network scale (default 4)."),
+    scale: int = typer.Option(
+        None, "-s", "--scale", help="Network scale (default: x4 if bundled, else the bundled one)."
+    ),
     outscale: float = typer.Option(None, "--outscale", help="Final scale (resized after)."),
     suffix: str = typer.Option(None, "--suffix", help="Appended to names (default x<scale>)."),
     ext: str = typer.Option("auto", "--ext", help="auto | png | jpg | webp."),

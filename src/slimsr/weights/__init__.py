@@ -23,8 +23,14 @@ def bundled_scales() -> list[int]:
     return sorted(int(p.stem.split("_x")[-1]) for p in BUNDLED_DIR.glob("default_x*.safetensors"))
 
 
-def default_model(scale: int = 4) -> SRModel:
-    """The bundled model for `scale`, or a clear error naming the scales that are bundled."""
+def default_model(scale: int | None = None) -> SRModel:
+    """The bundled model for `scale` (default: x4 if bundled, else the first bundled scale).
+
+    A scale that is not bundled is a clear error naming the scales that are.
+    """
+    if scale is None:
+        have = bundled_scales()
+        scale = 4 if 4 in have or not have else have[0]
     path = bundled_path(scale)
     if not path.is_file():
         have = ", ".join(f"x{s}" for s in bundled_scales()) or "none"

@@ -1,0 +1,61 @@
+"""`slimsr train RECIPE.yaml`: train a model from a recipe (also under torchrun for DDP)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from slimsr.cli.app import app
+from slimsr.errors import SlimsrError
+
+
+@app.command("train")
+def train_command(
+    recipe: Path | None = typer.Argument(
+        None, help="Training recipe (YAML), e.g. configs/bsrn_s_x4.yaml."
+    ),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Override a key, e.g. --set train.lr=2e-4 (repeatable)."
+    ),
+    resume: Path | None = typer.Option(
+        None, "--resume", help="Continue the run in this folder from its newest checkpoint."
+    ),
+    print_schema: bool = typer.Option(
+        False, "--print-schema", help="Print the recipe's JSON schema and exit."
+    ),
+    check: bool = typer.Option(
+        False, "--check", help="Validate the recipe, print it resolved, and exit."
+    ),
+) -> None:
+    """Train from a recipe; Ctrl-C saves a checkpoint, --resume continues it exactly.
+
+    Multi-GPU / multi-process: torchrun --nproc-per-node N -m slimsr train RECIPE.yaml
+    """
+    from slimsr.train import dump_config, json_schema, load_config, resume_config, train
+
+    if print_schema:
+        typer.echo(json.dumps(json_schema(), indent=2))
+        return
+    if (recipe is None) == (resume is None):
+        raise SlimsrError("give a recipe file or --resume RUN_DIR (one of them)")
+    if resume is not None:
+        config = resume_config(resume, overrides)
+    else:
+        assert recipe is not None
+        config = load_config(recipe, overrides)
+    if check:
+        typer.echo(dump_config(config), nl=False)
+        return
+    result = train(config, resume=True if resume is not None else None)
+    if result.interrupted:
+        print(
+            f"interrupted at iteration {result.iteration}: state saved; continue with "
+            f"`slimsr train --resume {result.run_dir}`",
+            file=sys.stderr,
+        )
+        raise typer.Exit(130)
+    if result.weights:
+        typer.echo(f"weights: {', '.join(str(p) for p in result.weights)}")

@@ -1,0 +1,111 @@
+"""Torch datasets: random training patches, and whole validation images.
+
+`PatchDataset` is indexed by `(image_index, stream_position)` items from `IterationSampler`;
+the patch's crop and flips come from a generator seeded by (seed, position), so a given
+iteration yields the same batch in any process, with any number of workers, before or after
+a resume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from slimsr.data.pairs import DataError, ImagePair, LRMode, PairStore, find_pairs, load_pair
+from slimsr.data.transforms import paired_random_crop, random_dihedral
+from slimsr.evaluate import DatasetError, dataset_from_root, pair_folders
+
+
+class PatchDataset(Dataset):
+    """(LR patch, HR patch) float32 in [0,1] for `(image_index, stream_position)`."""
+
+    def __init__(
+        self,
+        store: PairStore,
+        patch_size: int,
+        seed: int,
+        *,
+        flip: bool = True,
+        rot90: bool = True,
+    ) -> None:
+        self.store = store
+        self.patch_size = patch_size
+        self.scale = store.scale
+        self.seed = seed
+        self.flip = flip
+        self.rot90 = rot90
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        index, position = item
+        rng = np.random.default_rng([self.seed, 1, position])
+        pair = self.store[index]
+        lr, hr = paired_random_crop(pair.lr, pair.hr, self.patch_size, self.scale, rng)
+        lr, hr = random_dihedral((lr, hr), rng, flip=self.flip, rot90=self.rot90)
+        return _as_float(lr), _as_float(hr)
+
+
+def _as_float(t: Tensor) -> Tensor:
+    return t.float().div_(255.0) if t.dtype == torch.uint8 else t.float()
+
+
+def training_store(
+    sources: list[tuple[Path, Path | None]],
+    scale: int,
+    patch_size: int,
+    *,
+    lr_mode: LRMode = "float",
+    cache: bool = True,
+    small_images: Literal["skip", "error"] = "skip",
+) -> PairStore:
+    """All training pairs of all folders (in the given order, files sorted by name)."""
+    pairs: list[ImagePair] = []
+    for hr_dir, lr_dir in sources:
+        pairs += find_pairs(hr_dir, lr_dir, scale)
+    return PairStore(
+        pairs, scale, lr_mode, cache=cache, min_lr_size=patch_size, small_images=small_images
+    )
+
+
+@dataclass
+class ValImage:
+    name: str
+    lr: Tensor  # (3,h,w) float32 in [0,1]
+    hr: Tensor  # (3,h*s,w*s), modcropped
+
+
+def validation_images(
+    scale: int,
+    *,
+    root: Path | None = None,
+    hr: Path | None = None,
+    lr: Path | None = None,
+    lr_mode: LRMode = "uint8",
+) -> tuple[str, list[ValImage]]:
+    """(description, images) of a validation folder, every pair checked up front."""
+    try:
+        if root is not None:
+            dataset = dataset_from_root(Path(root), scale)
+        else:
+            assert hr is not None
+            dataset = pair_folders(Path(hr), None if lr is None else Path(lr), scale)
+    except DatasetError as exc:
+        raise DataError(str(exc)) from None
+    images = []
+    for pair in dataset.pairs:
+        if pair.lr is not None and not pair.lr.exists():
+            raise DataError(f"{pair.hr}: no LR partner (looked for {pair.lr})")
+        loaded = load_pair(ImagePair(pair.hr, pair.lr), scale, lr_mode)
+        hr_t, lr_t = loaded.float_pair()
+        images.append(ValImage(pair.name, lr_t, hr_t))
+    if dataset.pairs[0].lr is not None:
+        return f"{dataset.name} (LR {dataset.lr_source})", images
+    return f"{dataset.name} (LR generated: MATLAB bicubic, {lr_mode})", images

@@ -1,0 +1,49 @@
+"""torchrun DDP on CPU (gloo): 2 processes == 1 process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+from slimsr.train import load_config, train
+from tests.train_utils import final_state, tiny_recipe
+
+
+def test_torchrun_two_processes_match_one(tmp_path: Path) -> None:
+    over = {"train__iterations": 6, "data__train__batch_size": 4, "data__train__num_workers": 0}
+    single = train(load_config(tiny_recipe(tmp_path, "single", **over)))
+    assert single.iteration == 6
+
+    recipe = tiny_recipe(tmp_path, "ddp", **over)
+    cfg = tmp_path / "ddp.yaml"
+    cfg.write_text(yaml.safe_dump(recipe))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    out = subprocess.run(
+        [*cmd, "-m", "slimsr", "train", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "ddp"
+    a, b = final_state(tmp_path / "runs" / "single"), final_state(run_dir)
+    assert b["world_size"] == 2 and len(b["rng"]) == 2
+    for key in a["params"]:
+        torch.testing.assert_close(b["params"][key], a["params"][key], rtol=0, atol=1e-6)
+        torch.testing.assert_close(b["params_ema"][key], a["params_ema"][key], rtol=0, atol=1e-6)
+    # one rank logs: the start event reports the global batch and both processes
+    events = [json.loads(line) for line in (run_dir / "train.jsonl").read_text().splitlines()]
+    start = next(e for e in events if e["event"] == "start")
+    assert (start["global_batch"], start["world_size"]) == (4, 2)
+    assert sum(e["event"] == "start" for e in events) == 1
+    # the data stream position is global (iterations x global batch), whatever the world size
+    assert a["data"] == b["data"]
