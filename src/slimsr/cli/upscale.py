@@ -6,6 +6,7 @@ import glob
 import os
 from pathlib import Path
 
+import torch
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -111,7 +112,7 @@ def upscale_command(
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     dev = resolve_device(device)
     if dev.type == "cuda" and "WORLD_SIZE" in os.environ:
-        dev = __import__("torch").device("cuda", local_rank)
+        dev = torch.device("cuda", local_rank)  # one GPU per torchrun process
     net = pick_model(model, weights, scale)
     net.check_dtype(dtype)
     if fp16 and dev.type == "cpu":
