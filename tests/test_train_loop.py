@@ -21,6 +21,7 @@ from slimsr.train.config import (
     L1LossConfig,
     MSELossConfig,
     MultiStepSchedule,
+    TrainConfig,
 )
 from slimsr.train.ema import EMA
 from slimsr.train.losses import WeightedLoss
@@ -196,6 +197,38 @@ def test_pretrained_weights_are_the_starting_point(tmp_path: Path) -> None:
     saved = slimsr.load(weights).net.state_dict()
     assert all(torch.equal(start[k], saved[k]) for k in saved)
     assert trainer.model.training  # create_model returns eval mode; training needs train mode
+
+
+def built(cfg: TrainConfig) -> Trainer:
+    """A trainer with its model, data and optimiser set up, before any step."""
+    from slimsr.train import distributed
+
+    trainer = Trainer(cfg)
+    trainer.dist = distributed.setup("cpu")
+    trainer._build()
+    return trainer
+
+
+def test_partial_pretrained_carries_the_body_to_another_scale(tmp_path: Path) -> None:
+    first = train(load_config(tiny_recipe(tmp_path, "x2", train__ema=None)))
+    weights = first.run_dir / "weights" / "final.safetensors"
+    over = {"model__pretrained": str(weights), "model__scale": 4}
+    with pytest.raises(slimsr.CheckpointError):  # strict by default: the x4 tail does not fit
+        built(load_config(tiny_recipe(tmp_path, "strict", **over)))
+    trainer = built(
+        load_config(tiny_recipe(tmp_path, "x4", model__pretrained_strict=False, **over))
+    )
+    start = trainer.model.net.state_dict()
+    saved = slimsr.load(weights).net.state_dict()
+    same = {k for k in saved if k in start and start[k].shape == saved[k].shape}
+    # body, head and the first x2 upsampling stage carry over; the second stage is new
+    assert "body.0.conv1.weight" in same and "upsample.0.weight" in same
+    assert "upsample.2.weight" in start and "upsample.2.weight" not in saved
+    assert all(torch.equal(start[k], saved[k]) for k in same)
+    assert trainer.init_report == {
+        "copied_tensors": len(same),
+        "skipped_tensors": len(start) - len(same) + len(set(saved) - same),
+    }
 
 
 def test_jsonl_log_and_best_tracking(tmp_path: Path) -> None:

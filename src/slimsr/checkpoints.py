@@ -235,6 +235,25 @@ def load_into(net: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str)
     net.load_state_dict(dict(state_dict), strict=True)
 
 
+def load_matching(
+    net: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str
+) -> tuple[list[str], list[str]]:
+    """Copy the tensors of `state_dict` whose name and shape match `net`; the rest are skipped.
+
+    Used to warm-start a model from a relative with another scale or tail (the body carries
+    over, the upsampler is trained afresh). Returns (copied, skipped) key lists; raises when
+    nothing fits, because then the "initialisation" would silently be random.
+    """
+    own = net.state_dict()
+    fits = {k: v for k, v in state_dict.items() if k in own and own[k].shape == v.shape}
+    if not fits:
+        raise CheckpointError(f"{what}: no tensor matches the model by name and shape")
+    own.update({k: v.to(own[k].dtype) for k, v in fits.items()})
+    net.load_state_dict(own, strict=True)
+    skipped = sorted(set(own) - set(fits)) + sorted(set(state_dict) - set(own))
+    return sorted(fits), skipped
+
+
 # -- writing -----------------------------------------------------------------------------------
 
 

@@ -70,6 +70,13 @@ class ModelConfig(Section):
     param_key: str | None = Field(
         None, description="Container to read from `pretrained` (e.g. params); default: EMA first."
     )
+    pretrained_strict: bool = Field(
+        True,
+        description=(
+            "false: copy only the tensors whose name and shape match (e.g. start x4 from an x2"
+            " model's body); the counts copied and skipped are logged. true: every key must fit."
+        ),
+    )
 
     @field_validator("pretrained")
     @classmethod

@@ -32,9 +32,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from slimsr.checkpoints import load_matching
 from slimsr.data import IterationSampler, PatchDataset, training_store, validation_images
 from slimsr.errors import SlimsrError
-from slimsr.factory import create_model
+from slimsr.factory import create_model, load
 from slimsr.fileio import atomic_write_text
 from slimsr.model import SRModel
 from slimsr.train import distributed as ddp
@@ -215,9 +216,21 @@ class Trainer:
                 cfg.model.scale, root=v.root, hr=v.hr, lr=v.lr, lr_mode=v.lr_mode
             )
         m = cfg.model
+        strict_init = m.pretrained is not None and m.pretrained_strict
         model = create_model(
-            m.name, m.scale, weights=m.pretrained, param_key=m.param_key, **m.kwargs
+            m.name,
+            m.scale,
+            weights=m.pretrained if strict_init else None,
+            param_key=m.param_key,
+            **m.kwargs,
         )
+        self.init_report: dict[str, int] | None = None
+        if m.pretrained is not None and not strict_init:
+            source = load(m.pretrained, param_key=m.param_key)
+            copied, skipped = load_matching(
+                model.net, source.net.state_dict(), f"model.pretrained {m.pretrained}"
+            )
+            self.init_report = {"copied_tensors": len(copied), "skipped_tensors": len(skipped)}
         self.model: SRModel = model.to(dist.device).train()
         self.info = model.info
         self.params = trainable_parameters(self.model.net)
@@ -500,6 +513,8 @@ class Trainer:
             "precision": cfg.train.precision,
             "config_sha256": self.config_sha256,
         }
+        if self.init_report is not None:
+            start_info["partial_init"] = self.init_report
         self.log.write("resume" if resume_from else "start", **start_info)
         view.report(
             f"{'resuming' if resume_from else 'training'} {cfg.model.name} x{cfg.model.scale} "
@@ -513,6 +528,12 @@ class Trainer:
             + f"), global batch {cfg.data.train.batch_size} on {dist.world_size} x {dist.device}"
             + f", {cfg.train.precision} -> {self.run_dir}"
         )
+        if self.init_report is not None and resume_from is None:
+            r = self.init_report
+            view.report(
+                f"initialised from {cfg.model.pretrained}: {r['copied_tensors']} tensors copied, "
+                f"{r['skipped_tensors']} left at their fresh initialisation or unused"
+            )
         if self.scalars.unavailable:
             view.report("tensorboard is not installed: scalars go to train.jsonl only")
         if self.val_images and resume_from is None and dist.is_main:
