@@ -51,3 +51,29 @@ def test_local_networks_tile_within_1_over_255(name: str, scale: int) -> None:
         tiled = upscale_tiled(model, x, scale, 32, 16).clamp(0, 1)
     close = ((whole - tiled).abs() <= 1 / 255).float().mean().item()
     assert close >= 0.999, close
+
+
+def test_out_of_memory_retries_with_smaller_tiles() -> None:
+    """A CUDA OOM on a large input is answered by halving the tile, with the same result."""
+    from slimsr.upscale import UpscaleOptions, upscale_rgb
+
+    torch.manual_seed(0)
+    model = slimsr.create_model("edsrmini", 2, num_feat=4, num_block=1).eval()
+    seen: list[int] = []
+
+    class SmallMemory(torch.nn.Module):
+        scale = 2
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(max(x.shape[-2:]))
+            if x.shape[-2] * x.shape[-1] > 40 * 40:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+            return model(x)
+
+    x = torch.rand(3, 96, 80)
+    y = upscale_rgb(SmallMemory(), x, UpscaleOptions(tile=0, overlap=8))
+    assert seen[:2] == [96, 48] and max(seen[2:]) == 24  # whole and 48 fail, 24-px tiles fit
+    with torch.inference_mode():
+        whole = model(x[None]).clamp(0, 1)[0]
+    close = (y - whole).abs() <= 1 / 255
+    assert close.float().mean() >= 0.999

@@ -93,4 +93,4 @@ def upscale_tiled(
             weight[..., ys : ys + th * scale, xs : xs + tw * scale] += win
             if on_tile is not None:
                 on_tile()
-    return out / weight.clamp_min(1e-12)
+    return out.div_(weight.clamp_min_(1e-12))  # in place: the output is the big buffer here

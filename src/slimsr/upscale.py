@@ -22,6 +22,9 @@ from slimsr.tiling import count_tiles, upscale_tiled
 DEFAULT_MAX_PIXELS = 512 * 512
 """LR pixels above which a CPU run is tiled automatically (keeps peak RSS roughly flat)."""
 
+MIN_RETRY_TILE = 16
+"""After a CUDA out-of-memory error the tile is halved down to this side, then the error stands."""
+
 
 @dataclass
 class UpscaleOptions:
@@ -66,13 +69,14 @@ def upscale_rgb(
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             tile = (max(h, w) if tile <= 0 else tile) // 2
-            if tile < 32:
+            if tile < MIN_RETRY_TILE:
                 raise
     y = y.float().cpu()
     if opts.outscale is not None and opts.outscale != model.scale:
         size = (round(h * opts.outscale), round(w * opts.outscale))
         y = imresize(y, size=size)
-    return y.clamp(0, 1)[0]
+    with torch.inference_mode(y.is_inference()):  # in place: y is the largest buffer we hold
+        return y.clamp_(0, 1)[0]
 
 
 def upscale_alpha(alpha: Tensor, size: tuple[int, int]) -> Tensor:
