@@ -77,3 +77,21 @@ def test_out_of_memory_retries_with_smaller_tiles() -> None:
         whole = model(x[None]).clamp(0, 1)[0]
     close = (y - whole).abs() <= 1 / 255
     assert close.float().mean() >= 0.999
+
+
+def test_memory_budget_decides_automatic_tiling() -> None:
+    from slimsr.upscale import UpscaleOptions, activation_bytes_per_pixel, choose_tile
+
+    # conv 3->8 -> relu -> conv 8->12 -> x2 pixel shuffle: the two largest outputs are the
+    # 12-channel conv map and the shuffled image (12 values per LR pixel), plus input and output
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 12, 3, padding=1),
+        torch.nn.PixelShuffle(2),
+    )
+    assert activation_bytes_per_pixel(net) == (12 + 12 + 12 + 3) * 4
+    opts = UpscaleOptions(memory_budget_mb=1.0)  # 1 MiB / 156 B per pixel = 6721 pixels
+    assert choose_tile(80, 80, opts, net) == 0
+    assert choose_tile(90, 90, opts, net) == 80  # largest multiple of 8 below sqrt(6721)=81.9
+    assert choose_tile(90, 90, UpscaleOptions(tile=0, memory_budget_mb=1.0), net) == 0

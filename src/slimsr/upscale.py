@@ -13,40 +13,90 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from slimsr.imaging import Image, imresize, read_image, write_like
 from slimsr.model import SRModel
 from slimsr.tiling import count_tiles, upscale_tiled
 
-DEFAULT_MAX_PIXELS = 512 * 512
-"""LR pixels above which a CPU run is tiled automatically (keeps peak RSS roughly flat)."""
+DEFAULT_MEMORY_BUDGET_MB = 2048
+"""Working memory one forward pass may use before the image is tiled automatically."""
 
 MIN_RETRY_TILE = 16
 """After a CUDA out-of-memory error the tile is halved down to this side, then the error stands."""
+
+_PROBE = 32
+
+
+def activation_bytes_per_pixel(model: nn.Module, dtype: torch.dtype = torch.float32) -> float:
+    """Estimated peak working memory of one forward pass, in bytes per LR input pixel.
+
+    Measured, not guessed: a 32x32 probe runs with forward hooks that record every leaf
+    module's output size; the peak is taken as the two largest outputs alive together plus
+    the network's output (a conv reads one big tensor while writing the next). Exact for plain
+    conv stacks, within ~2x for attention models, which is what an auto-tiling threshold needs.
+    """
+    sizes: list[int] = []
+
+    def record(_m: nn.Module, _i: object, out: object) -> None:
+        if isinstance(out, Tensor):
+            sizes.append(out.numel())
+
+    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
+    hooks = [m.register_forward_hook(record) for m in leaves]
+    try:
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        x = torch.rand(
+            1, 3, _PROBE, _PROBE, device=device, dtype=param.dtype if param is not None else dtype
+        )
+        with torch.inference_mode():
+            y = model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    top = sorted(sizes, reverse=True)[:2]
+    elems = sum(top) + y.numel() + x.numel()
+    return elems * torch.finfo(dtype).bits / 8 / (_PROBE * _PROBE)
+
+
+def auto_tile_for_budget(bytes_per_pixel: float, budget_mb: float, multiple: int = 8) -> int:
+    """Largest square LR tile whose forward fits the budget (at least 64 px)."""
+    side = int((budget_mb * 2**20 / max(bytes_per_pixel, 1.0)) ** 0.5)
+    return max(64, side // multiple * multiple)
 
 
 @dataclass
 class UpscaleOptions:
     tile: int | None = None
-    """LR tile size; None: automatic (tile only images above `max_pixels`); 0: never tile."""
+    """LR tile size; None: automatic (tile only when the forward would exceed the budget); 0:
+    never tile."""
     overlap: int = 16
     outscale: float | None = None
     """Final scale relative to the input; the network's output is resized to it (bicubic)."""
     device: torch.device | str = "cpu"
     dtype: torch.dtype = torch.float32
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    auto_tile: int = 384
+    memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB
+    bytes_per_pixel: float | None = None
+    """The model's working memory per LR pixel (`activation_bytes_per_pixel`); None: measured
+    on first use."""
 
 
-def choose_tile(h: int, w: int, opts: UpscaleOptions) -> int:
+def choose_tile(h: int, w: int, opts: UpscaleOptions, model: nn.Module | None = None) -> int:
+    """The tile to use: the user's, or automatic from the memory budget."""
     if opts.tile is not None:
         return opts.tile
-    return opts.auto_tile if h * w > opts.max_pixels else 0
+    if opts.bytes_per_pixel is None:
+        if model is None or not isinstance(model, nn.Module):
+            return 0  # a runtime we cannot probe (ONNX/TFLite): whole image
+        opts.bytes_per_pixel = activation_bytes_per_pixel(model, opts.dtype)
+    if h * w * opts.bytes_per_pixel <= opts.memory_budget_mb * 2**20:
+        return 0
+    return auto_tile_for_budget(opts.bytes_per_pixel, opts.memory_budget_mb)
 
 
-def planned_tiles(h: int, w: int, opts: UpscaleOptions) -> int:
-    tile = choose_tile(h, w, opts)
+def planned_tiles(h: int, w: int, opts: UpscaleOptions, model: nn.Module | None = None) -> int:
+    tile = choose_tile(h, w, opts, model)
     return 1 if tile <= 0 else count_tiles(h, w, tile, opts.overlap)
 
 
@@ -59,7 +109,7 @@ def upscale_rgb(
     """(3,H,W) or (1,3,H,W) in [0,1] -> upscaled (3,H',W') in [0,1], float32 on the CPU."""
     x = rgb[None] if rgb.dim() == 3 else rgb
     h, w = x.shape[-2:]
-    tile = choose_tile(h, w, opts)
+    tile = choose_tile(h, w, opts, model)
     x = x.to(device=opts.device, dtype=opts.dtype)
     while True:
         try:

@@ -18,7 +18,12 @@ from slimsr.factory import create_model, load
 from slimsr.imaging import SUFFIXES, list_images, read_image, write_like
 from slimsr.model import SRModel
 from slimsr.quant.onnx import OnnxUpscaler, is_onnx_path
-from slimsr.upscale import UpscaleOptions, planned_tiles, upscale_loaded
+from slimsr.upscale import (
+    DEFAULT_MEMORY_BUDGET_MB,
+    UpscaleOptions,
+    planned_tiles,
+    upscale_loaded,
+)
 from slimsr.weights import default_model
 
 EXT_CHOICES = ("auto", "png", "jpg", "webp")
@@ -97,6 +102,11 @@ def upscale_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     tile: int = typer.Option(None, "--tile", help="LR tile size (0: never; default: auto)."),
     overlap: int = typer.Option(16, "--tile-overlap", help="Overlap between tiles (LR px)."),
+    max_memory: float = typer.Option(
+        DEFAULT_MEMORY_BUDGET_MB,
+        "--max-memory",
+        help="MB one forward pass may use; larger images are tiled automatically.",
+    ),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     fp16: bool = typer.Option(False, "--fp16", help="Half precision (CUDA)."),
     bf16: bool = typer.Option(False, "--bf16", help="bfloat16."),
@@ -118,7 +128,16 @@ def upscale_command(
     if fp16 and dev.type == "cpu":
         raise SlimsrError("--fp16 needs a CUDA device; use --bf16 on CPU")
     net = net.to(device=dev, dtype=dtype).eval()
-    opts = UpscaleOptions(tile=tile, overlap=overlap, outscale=outscale, device=dev, dtype=dtype)
+    if max_memory <= 0:
+        raise SlimsrError("--max-memory must be positive (MB)")
+    opts = UpscaleOptions(
+        tile=tile,
+        overlap=overlap,
+        outscale=outscale,
+        device=dev,
+        dtype=dtype,
+        memory_budget_mb=max_memory,
+    )
     suffix = suffix if suffix is not None else f"x{outscale or net.scale:g}"
     inputs_resolved = {p.resolve() for p in files}
     mine, rank, world = rank_share(files)
@@ -145,7 +164,7 @@ def upscale_command(
                     skipped.append(dst)
                     progress.advance(images_task)
                     continue
-                n_tiles = planned_tiles(image.height, image.width, opts)
+                n_tiles = planned_tiles(image.height, image.width, opts, net)
                 progress.reset(tiles_task, total=n_tiles, description=f"tiles of {src.name}")
                 result, alpha = upscale_loaded(
                     net, image, opts, lambda: progress.advance(tiles_task)
