@@ -34,11 +34,26 @@ def test_at_least_one_model_is_bundled_with_its_training_record() -> None:
         assert path.with_name(f"default_x{scale}.metrics.json").is_file()
 
 
+QUALITY_FLOOR = {2: 37.0, 3: 33.3, 4: 31.0}
+"""Set5 Y-PSNR each bundled model must reach (issue 7)."""
+
+
 @pytest.mark.parametrize("scale", bundled_scales())
-def test_bundled_model_beats_bicubic_on_set5(scale: int) -> None:
+def test_bundled_model_reaches_its_floor_and_its_recorded_metrics_on_set5(scale: int) -> None:
     model = default_model(scale)
     res = evaluate_dataset(model, dataset_from_root(shared_file("datasets", "Set5"), scale), scale)
-    assert res.mean("psnr") > res.mean("bicubic_psnr") + 1.5
+    recorded = json.loads(
+        bundled_path(scale).with_name(f"default_x{scale}.metrics.json").read_text()
+    )
+    assert res.mean("psnr") >= QUALITY_FLOOR[scale]
+    assert res.mean("psnr") > res.mean("bicubic_psnr") + 2.5
+    # the metrics file shipped beside the weights is what the weights give (golden values)
+    assert res.mean("psnr") == pytest.approx(recorded["results"]["Set5"]["psnr"], abs=2e-3)
+    assert res.mean("ssim") == pytest.approx(recorded["results"]["Set5"]["ssim"], abs=2e-4)
+
+
+def test_the_three_scales_are_bundled() -> None:
+    assert bundled_scales() == [2, 3, 4]
 
 
 @pytest.mark.parametrize("scale", bundled_scales())
