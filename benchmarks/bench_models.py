@@ -12,8 +12,9 @@ meta device and costs nothing. Latency is measured on a smaller `--time-size` in
 whole registry runs in minutes on a laptop; models whose MACs there exceed `--max-gmacs` are not
 timed. `--layout` times both memory formats, interleaved, and prints the channels_last /
 contiguous ratio that `slimsr.inference.CPU_CHANNELS_LAST` is chosen from. `--evals` reads
-`slimsr eval` results.json files and plots mean PSNR against params and against Mult-Adds (like
-Fig. 4 of the compression paper); that needs matplotlib. No asserts on timings.
+`slimsr eval` results.json files and plots PSNR (of `--plot-dataset`, default Set5) against params
+and against Mult-Adds (like Fig. 4 of the compression paper); that needs matplotlib (the `bench`
+extra) and is skipped with a message without it. No asserts on timings.
 """
 
 from __future__ import annotations
@@ -174,8 +175,13 @@ def results_table(rows: list[dict[str, Any]], args: Any) -> Table:
 # -- PSNR vs complexity plot -------------------------------------------------------------------
 
 
-def read_evals(paths: list[Path]) -> list[dict[str, Any]]:
-    """(model, scale, mean PSNR over the datasets) from `slimsr eval` results.json files."""
+def read_evals(paths: list[Path], dataset: str | None = None) -> list[dict[str, Any]]:
+    """One point per `slimsr eval` results.json: model, scale, protocol and mean PSNR (of
+    `dataset`, or over all datasets in the file), plus bicubic's on the same images.
+
+    Files of unregistered models, of bicubic itself and without `dataset` are skipped. The
+    parameter and FLOP counts of a point are those of the registered variant's defaults.
+    """
     files: list[Path] = []
     for p in paths:
         files += sorted(p.rglob("results.json")) if p.is_dir() else [p]
@@ -185,50 +191,95 @@ def read_evals(paths: list[Path]) -> list[dict[str, Any]]:
         name = str(rep["model"]).split(" ")[0]
         if name == "bicubic" or name not in list_models():
             continue
-        psnrs = [d["mean"]["psnr"] for d in rep.get("datasets", []) if d["mean"]["psnr"]]
-        if psnrs:
-            points.append(
-                {
-                    "model": name,
-                    "scale": int(rep["scale"]),
-                    "psnr": statistics.fmean(psnrs),
-                    "datasets": [d["dataset"] for d in rep["datasets"]],
-                    "file": str(f),
-                }
-            )
+        sets = [
+            d
+            for d in rep.get("datasets", [])
+            if d["mean"]["psnr"] and (dataset is None or d["dataset"].lower() == dataset.lower())
+        ]
+        if not sets:
+            continue
+        bicubic = [d["mean"]["bicubic_psnr"] for d in sets if d["mean"].get("bicubic_psnr")]
+        points.append(
+            {
+                "model": name,
+                "scale": int(rep["scale"]),
+                "protocol": rep.get("protocol", "?"),
+                "psnr": statistics.fmean(d["mean"]["psnr"] for d in sets),
+                "bicubic_psnr": statistics.fmean(bicubic) if bicubic else None,
+                "datasets": [d["dataset"] for d in sets],
+                "file": str(f),
+            }
+        )
     return points
 
 
-def plot(points: list[dict[str, Any]], out: Path) -> None:
+def _import_pyplot() -> Any | None:
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise SystemExit("--plot needs matplotlib (pip install matplotlib)") from None
+        return None
+    return plt
+
+
+def plot(points: list[dict[str, Any]], out: Path) -> bool:
+    """PSNR against parameters and against Mult-Adds (1280x720 output), one colour per scale,
+    bicubic as a dashed line (like Fig. 4 of the compression paper). Returns False, writing
+    nothing, when matplotlib is not installed (`pip install slimsr[bench]`)."""
+    plt = _import_pyplot()
+    if plt is None:
+        return False
     for p in points:
         with torch.device("meta"):
             net = get_model_info(p["model"]).build(p["scale"])
         p["params"] = count_parameters(net)
         p["macs_720p"] = complexity(net, lr_size_for_output(PAPER_OUTPUT, p["scale"])).flops["macs"]
-    fig, axes = plt.subplots(2, 1, figsize=(6, 8))
+    scales = sorted({p["scale"] for p in points})
+    colours = dict(zip(scales, ("tab:blue", "tab:orange", "tab:green", "tab:red"), strict=False))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     for ax, key, label in (
         (axes[0], "params", "parameters [K]"),
-        (axes[1], "macs_720p", "Mult-Adds for a 1280x720 output [G] (macs)"),
+        (axes[1], "macs_720p", "Mult-Adds for a 1280x720 output [G] (macs convention)"),
     ):
-        for p in points:
-            x = p[key] / (1e3 if key == "params" else 1e9)
-            ax.scatter(x, p["psnr"])
-            ax.annotate(f"{p['model']} x{p['scale']}", (x, p["psnr"]), fontsize=8)
+        div = 1e3 if key == "params" else 1e9
+        for scale in scales:
+            pts = [p for p in points if p["scale"] == scale]
+            colour = colours.get(scale, "black")
+            ax.scatter(
+                [p[key] / div for p in pts],
+                [p["psnr"] for p in pts],
+                c=colour,
+                label=f"x{scale}",
+                zorder=3,
+            )
+            for p in pts:
+                ax.annotate(
+                    p["model"],
+                    (p[key] / div, p["psnr"]),
+                    fontsize=8,
+                    xytext=(4, 3),
+                    textcoords="offset points",
+                )
+            bic = [p["bicubic_psnr"] for p in pts if p["bicubic_psnr"] is not None]
+            if bic:
+                ax.axhline(
+                    statistics.fmean(bic), color=colour, ls="--", lw=0.8, label=f"bicubic x{scale}"
+                )
         ax.set_xscale("log")
         ax.set_xlabel(label)
-        ax.set_ylabel("mean PSNR [dB]")
-        ax.grid(True, alpha=0.3)
+        ax.set_ylabel("PSNR [dB]")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    sets = sorted({d for p in points for d in p["datasets"]})
+    protocols = sorted({str(p["protocol"]) for p in points})
+    fig.suptitle(f"PSNR on {', '.join(sets)} ({'; '.join(protocols)} protocol) vs complexity")
     fig.tight_layout()
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
+    return True
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -246,6 +297,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="64x64 timing, x4 only, 2 repeats")
     parser.add_argument("--evals", type=Path, nargs="*", default=[], help="eval results.json")
     parser.add_argument("--plot", type=Path, default=None, help="PSNR vs params/FLOPs PNG")
+    parser.add_argument(
+        "--plot-dataset", default="Set5", help="dataset whose PSNR is plotted ('all': mean)"
+    )
     parser.add_argument("--json", type=Path, default=Path("bench_models.json"))
     args = parser.parse_args(argv)
     args.input = parse_size(args.input)
@@ -270,12 +324,17 @@ def main(argv: list[str] | None = None) -> None:
         "rows": rows,
     }
     if args.evals:
-        report["evals"] = read_evals(args.evals)
+        dataset = None if args.plot_dataset.lower() == "all" else args.plot_dataset
+        report["evals"] = read_evals(args.evals, dataset)
     atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
     console.print(f"wrote {args.json}")
-    if args.evals and args.plot is not None:
-        plot(report["evals"], args.plot)
-        console.print(f"wrote {args.plot}")
+    if args.plot is not None:
+        if not report.get("evals"):
+            console.print("--plot: no usable `slimsr eval` results.json among --evals, no plot")
+        elif plot(report["evals"], args.plot):
+            console.print(f"wrote {args.plot}")
+        else:
+            console.print("--plot skipped: needs matplotlib (pip install 'slimsr[bench]')")
 
 
 if __name__ == "__main__":

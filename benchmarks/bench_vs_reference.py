@@ -1,6 +1,6 @@
 """slimsr against the official implementations: same weights, same input, side by side.
 
-    python benchmarks/bench_vs_reference.py --reference-dir DIR [--size 256] [--threads 2]
+    python benchmarks/bench_vs_reference.py --reference-dir DIR [--size 256] [--threads 2,1]
         [--repeats 10] [--models fmen_s,e_rfdn,bsrn_s,bsrn] [--json OUT]
 
 DIR holds checkouts of the official repositories NJU-Jet/FMEN, xiaom233/BSRN and njulj/RFDN
@@ -11,13 +11,18 @@ torchsummaryX); none of their code is part of slimsr.
 
 For each x4 model: the official network is given slimsr's weights (the official checkpoints
 from ../shared/weights/official when present, else slimsr's random initialisation; the keys are
-the same), both run on one random LR input at the official value range, and the outputs must
-agree within 1/255 of the output range (memory-layout changes reorder float sums). Then CPU
-latency (threads fixed, warm-up excluded, runs interleaved so drift hits all alike, median) of
-the official module as published, of the same module switched to channels_last, and of slimsr's
-fast path (`slimsr.inference`); and peak resident-memory increase of one forward, each measured
-in a fresh process. Ratios are slimsr / official. Prints a table and writes JSON; no asserts on
-timings.
+the same). Agreement: both run on a random LR input at the official value range (as the NTIRE
+harness feeds them) and on a natural image (slimsr's example picture, bicubic-enlarged to the
+size), and slimsr's outputs must agree with the official ones within 1/255 of the output range;
+each is also compared with a float64 run, which shows whose float32 rounding is larger (on
+noise inputs these networks amplify rounding a lot: outputs far outside [0,1]).
+
+Latency on CPU (threads fixed, warm-up excluded, runs interleaved so that load drift hits all
+alike, median) of: the official module as published, the same module switched to channels_last,
+slimsr's plain network in its family's default layout (`fuse=False`), and slimsr's default fast
+path (`slimsr.inference.prepare_for_inference`: the fused form). Peak resident-memory increase
+of one forward, each measured in a fresh process. Ratios are slimsr / official. Prints a table
+and writes JSON; no asserts on timings.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import time
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +52,7 @@ from torch import nn
 
 import slimsr
 from slimsr.fileio import atomic_write_text
+from slimsr.imaging import imresize, read_image
 from slimsr.inference import inference_config, prepare_for_inference, run_inference
 from slimsr.profile import cpu_threads, forward_peak_rss, memory_from_rss, rss_child_env
 
@@ -237,8 +244,23 @@ def memory_in_child(args: argparse.Namespace, name: str, which: str) -> dict[str
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def image_input(size: int, input_range: float) -> torch.Tensor:
+    """A natural LR image of size x size: slimsr's example picture, bicubic-enlarged, cropped."""
+    img = read_image(Path(str(files("slimsr.assets") / "example.png"))).rgb
+    factor = max(size / img.shape[-2], size / img.shape[-1], 1.0)
+    if factor > 1:
+        img = imresize(img, factor).clamp(0, 1)
+    return img[None, :, :size, :size].contiguous() * input_range
+
+
+def fast_path(net: nn.Module, info: Any, fuse: bool | None) -> nn.Module:
+    return prepare_for_inference(
+        net, "cpu", torch.float32, None, False, fuse=fuse, family=info.family, name=info.name
+    )
+
+
 def memory_child(args: argparse.Namespace) -> None:
-    """In a fresh process: peak RSS increase of one forward of the official or slimsr net."""
+    """In a fresh process: peak RSS increase of one forward of the official or a slimsr net."""
     name, which = args.memory_child
     torch.set_num_threads(args.threads)
     ref = load_reference(args.reference_dir)
@@ -248,63 +270,89 @@ def memory_child(args: argparse.Namespace) -> None:
     if which == "official":
         net = build_official(ref, name).eval().requires_grad_(False)
     else:
-        net = prepare_for_inference(
-            ours.net, "cpu", torch.float32, None, False, family=ours.info.family, name=ours.name
-        )
+        net = fast_path(ours.net, ours.info, None if which == "slimsr" else False)
         x = x.contiguous(memory_format=inference_config(net).memory_format)
     del ours
     print(json.dumps(forward_peak_rss(net, x)))
 
 
-def compare(args: argparse.Namespace, ref: Reference, name: str) -> dict[str, Any]:
+def max_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.double() - b.double()).abs().max().item()
+
+
+def compare(args: argparse.Namespace, ref: Reference, name: str) -> list[dict[str, Any]]:
+    """Agreement and memory once, then one row of interleaved timings per thread count."""
     ours, official, source = make_pair(ref, name, args.weights_dir)
-    r = ours.info.input_range
+    info, r = ours.info, ours.info.input_range
     x = lr_input(args.size, r)
-    fast = prepare_for_inference(
-        copy.deepcopy(ours.net),
-        "cpu",
-        torch.float32,
-        None,
-        False,
-        family=ours.info.family,
-        name=ours.name,
-    )
+    plain = fast_path(copy.deepcopy(ours.net), info, False)
+    fast = fast_path(copy.deepcopy(ours.net), info, None)
+    exact = copy.deepcopy(ours.net).double().eval()
     official_cl = copy.deepcopy(official).to(memory_format=torch.channels_last)
-    x_cl = x.contiguous(memory_format=torch.channels_last)
+    agreement: dict[str, dict[str, float]] = {}
     with cpu_threads(args.threads), torch.inference_mode():
-        y_ref = official(x)
-        y_ours = run_inference(fast, x)
-    diff = (y_ours.float() - y_ref.float()).abs().max().item()
-    x_fast = x.contiguous(memory_format=inference_config(fast).memory_format)
-    times = interleaved_times(
-        {"official": (official, x), "official_cl": (official_cl, x_cl), "slimsr": (fast, x_fast)},
-        args.threads,
-        args.warmup,
-        args.repeats,
-    )
-    med = {k: statistics.median(v) for k, v in times.items()}
-    row: dict[str, Any] = {
+        for kind, inp in (("random", x), ("image", image_input(args.size, r))):
+            y_ref, y_ours = official(inp), run_inference(fast, inp)
+            y64 = exact(inp.double())
+            agreement[kind] = {
+                "slimsr_vs_official": max_error(y_ours, y_ref),
+                "official_vs_float64": max_error(y_ref, y64),
+                "slimsr_vs_float64": max_error(y_ours, y64),
+                "plain_vs_float64": max_error(run_inference(plain, inp), y64),
+            }
+    del exact
+    diff = max(a["slimsr_vs_official"] for a in agreement.values())
+    runs = {
+        "official": (official, x),
+        "official_cl": (official_cl, x.contiguous(memory_format=torch.channels_last)),
+        "slimsr_plain": (plain, x.contiguous(memory_format=inference_config(plain).memory_format)),
+        "slimsr": (fast, x.contiguous(memory_format=inference_config(fast).memory_format)),
+    }
+    common: dict[str, Any] = {
         "model": name,
         "scale": SCALE,
         "input": [args.size, args.size],
         "weights": source,
         "official_source": ref.sources[name],
         "max_abs_diff": diff,
+        "agreement": agreement,
         "tolerance": r / 255.0,
         "outputs_agree": diff <= r / 255.0,
-        "slimsr_channels_last": inference_config(fast).channels_last,
-        "times_ms": times,
-        "median_ms": med,
-        "latency_ratio": med["slimsr"] / med["official"],
-        "latency_ratio_vs_official_channels_last": med["slimsr"] / med["official_cl"],
+        "slimsr_path": inference_config(fast).describe(),
+        "slimsr_plain_path": inference_config(plain).describe(),
     }
     if not args.no_memory:
-        mem = {w: memory_from_rss(memory_in_child(args, name, w)) for w in ("official", "slimsr")}
-        row["memory"] = {w: m.to_dict() for w, m in mem.items()}
-        row["memory_ratio"] = mem["slimsr"].peak_increase_bytes / max(
-            mem["official"].peak_increase_bytes, 1
+        whos = ("official", "slimsr_plain", "slimsr")
+        mem = {w: memory_from_rss(memory_in_child(args, name, w)) for w in whos}
+        common["memory"] = {w: m.to_dict() for w, m in mem.items()}
+        base = max(mem["official"].peak_increase_bytes, 1)
+        common["memory_ratio"] = mem["slimsr"].peak_increase_bytes / base
+        common["memory_ratio_plain"] = mem["slimsr_plain"].peak_increase_bytes / base
+    rows = []
+    for threads in args.thread_counts:
+        times = interleaved_times(runs, threads, args.warmup, args.repeats)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        rows.append(
+            {
+                **common,
+                "threads": threads,
+                "times_ms": times,
+                "median_ms": med,
+                "iqr_ms": {k: _iqr(v) for k, v in times.items()},
+                "latency_ratio": med["slimsr"] / med["official"],
+                "latency_ratio_plain": med["slimsr_plain"] / med["official"],
+                "latency_ratio_vs_official_channels_last": med["slimsr"] / med["official_cl"],
+                "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+            }
         )
-    return row
+    return rows
+
+
+def _iqr(values: list[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return q[2] - q[0]
 
 
 def table(rows: list[dict[str, Any]], threads: int) -> Table:
@@ -315,10 +363,13 @@ def table(rows: list[dict[str, Any]], threads: int) -> Table:
         "agree",
         "official",
         "official CL",
+        "slimsr plain",
         "slimsr",
+        "ratio plain",
         "ratio",
         "ratio vs CL",
         "mem official",
+        "mem plain",
         "mem slimsr",
         "mem ratio",
     )
@@ -333,10 +384,13 @@ def table(rows: list[dict[str, Any]], threads: int) -> Table:
             "yes" if row["outputs_agree"] else "NO",
             f"{med['official']:.1f}",
             f"{med['official_cl']:.1f}",
+            f"{med['slimsr_plain']:.1f}",
             f"{med['slimsr']:.1f}",
+            f"{row['latency_ratio_plain']:.2f}x",
             f"{row['latency_ratio']:.2f}x",
             f"{row['latency_ratio_vs_official_channels_last']:.2f}x",
             mb.get("official", "-"),
+            mb.get("slimsr_plain", "-"),
             mb.get("slimsr", "-"),
             f"{row['memory_ratio']:.2f}x" if mem else "-",
         )
@@ -348,7 +402,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reference-dir", type=Path, required=True)
     parser.add_argument("--models", default=",".join(WEIGHTS))
     parser.add_argument("--size", type=int, default=256, help="LR height and width")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--threads", default="2", help="CPU thread count(s), e.g. 2 or 2,1 (one table each)"
+    )
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--weights-dir", type=Path, default=shared_weights_dir())
@@ -358,6 +414,8 @@ def main(argv: list[str] | None = None) -> None:
         "--memory-child", nargs=2, metavar=("MODEL", "WHICH"), help=argparse.SUPPRESS
     )
     args = parser.parse_args(argv)
+    args.thread_counts = [int(t) for t in str(args.threads).split(",") if t.strip()]
+    args.threads = args.thread_counts[0]  # agreement checks and memory children
     if args.memory_child:
         memory_child(args)
         return
@@ -366,16 +424,17 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [n for n in names if n not in WEIGHTS]
     if unknown:
         raise SystemExit(f"unknown model(s) {unknown}; choose from {', '.join(WEIGHTS)}")
-    console = Console(highlight=False)
+    console = Console(highlight=False, width=220)
     rows = []
     for name in names:
         if name not in ref.builders:
             console.print(f"{name}: its official code is not under {args.reference_dir}, skipped")
             continue
         with console.status(f"{name} ..."):
-            rows.append(compare(args, ref, name))
-    console.print(table(rows, args.threads))
-    report = {"torch": torch.__version__, "threads": args.threads, "rows": rows}
+            rows += compare(args, ref, name)
+    for threads in args.thread_counts:
+        console.print(table([r for r in rows if r["threads"] == threads], threads))
+    report = {"torch": torch.__version__, "threads": args.thread_counts, "rows": rows}
     atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
     console.print(f"wrote {args.json}")
 

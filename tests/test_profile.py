@@ -273,7 +273,7 @@ def test_prepare_for_inference_channels_last_keeps_outputs_and_keys() -> None:
     with torch.no_grad():
         ref = model(x)
     keys = list(model.net.state_dict())
-    prepare_for_inference(model, "cpu", torch.float32, channels_last=True)
+    prepare_for_inference(model, "cpu", torch.float32, channels_last=True, fuse=False)  # in place
     assert list(model.net.state_dict()) == keys
     assert not any(p.requires_grad for p in model.parameters()) and not model.training
     assert model.net.fea_conv.weight.is_contiguous(memory_format=torch.channels_last)
@@ -289,7 +289,9 @@ def test_channels_last_default_comes_from_the_family() -> None:
             for i in default_registry()
             if i.family == family and i.name not in CPU_CONTIGUOUS_MODELS
         )
-        model = prepare_for_inference(slimsr.create_model(name), "cpu", torch.float32, None)
+        model = prepare_for_inference(
+            slimsr.create_model(name), "cpu", torch.float32, None, fuse=False
+        )
         assert inference_config(model).channels_last is expected, family
     train = prepare_for_inference(slimsr.create_model("fmen_s_train"), "cpu", torch.float32)
     assert inference_config(train).channels_last is False  # measured slower in NHWC

@@ -170,6 +170,22 @@ def bicubic_upscaler(scale: int) -> Upscaler:
     return lambda x: imresize(x, scale)
 
 
+def model_upscaler(
+    model: torch.nn.Module,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    *,
+    fuse: bool | None = None,
+) -> Upscaler:
+    """An `SRModel` on the fast inference path (`slimsr.inference`): fused form and memory
+    format as measured fastest, inputs converted to the model's device, dtype and layout.
+    Outputs equal the plain model's to float rounding (PSNR unchanged to 0.01 dB)."""
+    from slimsr.inference import prepare_for_inference, run_inference
+
+    fast = prepare_for_inference(model, device, dtype, fuse=fuse)
+    return lambda x: run_inference(fast, x)
+
+
 def _quant_name(name: str) -> str:
     return re.sub(r"[^\w.-]+", "_", name)
 

@@ -1,19 +1,26 @@
 """The fast inference path shared by `profile`, `eval` and `upscale`.
 
+    fast = prepare_for_inference(model, "cpu")      # an SRModel (or a raw network)
+    y = run_inference(fast, x)                      # same outputs as model(x), to ~1e-6
+
 Inference needs no autograd state, so everything runs under `torch.inference_mode`, with
-parameters frozen and the module in eval mode. Two further switches are worth having, but only
-where they pay off:
+parameters frozen and the module in eval mode. On top of that, per model, whatever measured
+fastest (numbers in docs/efficiency.md):
 
-- channels_last (NHWC) memory format. oneDNN's CPU convolutions prefer channels-last or
-  blocked layouts, so an NCHW network pays layout reorders around its convs. How
-  much that saves depends on the graph (depthwise convs, attention, concatenations), so the
-  default is chosen per family from measurements (`CPU_CHANNELS_LAST`, numbers in the
-  docstring there). On CUDA nothing has been measured here, so the default is contiguous.
+- **Fused forms** (default on CPU for BSRN, BSRN-S, E-RFDN, FMEN, FMEN-S): the network's
+  `fuse_for_inference()` builds a new module from the trained weights that computes the same
+  function with fewer passes over memory: channels-last throughout, concatenations feeding a
+  1x1 conv replaced by running sums, chains of linear layers folded, residual identities folded
+  into conv weights, activations in place or fused into oneDNN convolutions. The trained network
+  is left as it is (its state dict stays official); the fused one holds derived tensors only.
+- **Memory format** for the other networks: channels_last (NHWC) where it measured faster on
+  CPU, per family (`CPU_CHANNELS_LAST`). On CUDA nothing was measured here: contiguous and
+  unfused by default.
 - `torch.compile`, opt-in: the first call compiles (tens of seconds on CPU), later calls with
-  the same shapes are faster. The module is compiled in place, so state-dict keys stay official.
+  the same shapes may be faster.
 
-`prepare_for_inference` applies the switches and records them on the module; `run_inference`
-moves an input to the recorded device, dtype and layout and runs the model.
+Measured and rejected: `torch.jit.trace` + `freeze` + `optimize_for_inference` (3x slower on
+BSRN: it converts to oneDNN's blocked tensors and back around every unsupported op).
 """
 
 from __future__ import annotations
@@ -33,7 +40,8 @@ CPU_CHANNELS_LAST: dict[str, bool] = {
     "rfdn": True,
     "swinir": True,
 }
-"""Default memory format per family on CPU, from `benchmarks/bench_models.py --layout`.
+"""Default memory format per family on CPU for networks run unfused (`fuse=False`, or no fused
+form), from `benchmarks/bench_models.py --layout`.
 
 Measured with torch 2.13 (CPU, oneDNN), fp32, 128x128 LR, 1 thread (the 2-core machine was
 shared with training runs; 2 threads were unusable), median of 5 interleaved runs after 2
@@ -44,11 +52,9 @@ warm-ups; ratio = channels_last time / contiguous time at x2 / x3 / x4 (below 1:
     bsrn_s 1.01 / 0.98 / 0.97      edsrmini 0.83 / 0.70 / 0.73    swinir_s 0.92 / 0.95 / 0.94
     swinirmini 0.95 / 0.94 / 0.97  fmen_s_train 0.98 / 1.00 / 0.98   fmen_train 1.13 / 1.34 / 1.37
 
-A family is NHWC only where that was faster at every scale. BSRN is not: 0.92-1.02 across
-runs at 128x128, 1.02 for slimsr's BSRN at 256x256, and the official BSRN module switched to
-NHWC ran 1.48x slower there (`bench_vs_reference.py`); its depthwise convs gain nothing from
-the layout and BSRN-S's 1x1s are Linear layers on permuted tensors. SwinIR gains a little,
-probably because the token view of an NHWC feature map needs no copy.
+A family is NHWC only where that was faster at every scale. The plain BSRN graph is not (its
+concatenations and, at one thread, its 1x1 convs, which PyTorch then runs as NCHW GEMMs with a
+layout copy each way); its fused form is channels-last and much faster than either.
 """
 
 CPU_CONTIGUOUS_MODELS: frozenset[str] = frozenset({"fmen_train", "fmen_s_train"})
@@ -67,10 +73,20 @@ class InferenceConfig:
     dtype: torch.dtype
     channels_last: bool
     compiled: bool
+    fused: bool = False
+    """The module is a fused inference form (channels-last inside whatever the input)."""
 
     @property
     def memory_format(self) -> torch.memory_format:
         return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def describe(self) -> str:
+        parts = [str(self.device), str(self.dtype).replace("torch.", "")]
+        parts.append("fused" if self.fused else "plain")
+        parts.append("channels_last" if self.channels_last else "contiguous")
+        if self.compiled:
+            parts.append("torch.compile")
+        return ", ".join(parts)
 
 
 def family_of(model: nn.Module) -> tuple[str | None, str | None]:
@@ -88,6 +104,16 @@ def default_channels_last(
     return CPU_CHANNELS_LAST.get(family, False)
 
 
+def has_fused_form(net: nn.Module) -> bool:
+    """Whether the raw network can build a fused inference form."""
+    return callable(getattr(net, "fuse_for_inference", None))
+
+
+def default_fuse(net: nn.Module, device: torch.device | str) -> bool:
+    """Fuse by default on CPU, where it was measured (docs/efficiency.md)."""
+    return has_fused_form(net) and torch.device(device).type == "cpu"
+
+
 def _check_dtype(model: nn.Module, dtype: torch.dtype, device: torch.device) -> None:
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise SlimsrError(f"inference runs in float32, float16 or bfloat16, not {dtype}")
@@ -98,39 +124,78 @@ def _check_dtype(model: nn.Module, dtype: torch.dtype, device: torch.device) -> 
         raise UnsupportedDtypeError("float16 needs a CUDA device; use bfloat16 on CPU")
 
 
+def _current_dtype(model: nn.Module) -> torch.dtype:
+    ref = next((p for p in model.parameters() if p.is_floating_point()), None)
+    return ref.dtype if ref is not None else torch.float32
+
+
 def prepare_for_inference(
     model: nn.Module,
     device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     channels_last: bool | None = None,
     compile: bool = False,
     *,
+    fuse: bool | None = None,
     family: str | None = None,
     name: str | None = None,
 ) -> nn.Module:
-    """Put `model` (an `SRModel` or a raw network) on the fast path, in place; returns it.
+    """The fastest measured inference form of `model` (an `SRModel` or a raw network).
 
-    eval mode, no gradients, moved to `device` / `dtype`; `channels_last=None` picks the
-    measured default of the model's family (`family` and the registered `name` say which for
-    a raw network); `compile`
-    compiles the module in place with `torch.compile`.
+    Returns the module to call (use it, not the argument): for an `SRModel` again an `SRModel`
+    (RGB in [0,1], any size, padding handled), for a raw network a raw network (official range).
+
+    - `device`, `dtype` (None: the model's current dtype, normally float32): moved there;
+      eval mode, no gradients. float16 needs CUDA; architectures refuse unsafe precisions.
+    - `fuse`: build the network's fused form (`fuse_for_inference()`); None = where one exists
+      and on CPU, unless `channels_last=False` asks for the plain NCHW graph. The argument is
+      then left unfused (prepared in place: device, dtype, eval) and shares nothing with the
+      result. Fused forms run channels-last inside, so `channels_last` only says how inputs
+      are handed over.
+    - `channels_last`: memory format of an unfused network; None = the measured default of its
+      family (`family`, `name` say which for a raw network).
+    - `compile`: wrap the result's network with `torch.compile` (keys unchanged).
+
+    `run_inference(result, x)` converts `x` to the recorded device, dtype and layout.
     """
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SlimsrError("a CUDA device was asked for, but none is available")
+    dtype = _current_dtype(model) if dtype is None else dtype
     _check_dtype(model, dtype, device)
-    if channels_last is None:
-        own_family, own_name = family_of(model)
-        channels_last = default_channels_last(family or own_family, device, name or own_name)
+    own_family, own_name = family_of(model)
+    net: nn.Module = getattr(model, "net", model)  # SRModel or raw network
+    if fuse is None:
+        fuse = default_fuse(net, device) and channels_last is not False
+    if fuse and not has_fused_form(net):
+        raise SlimsrError(f"{own_name or type(net).__name__} has no fused inference form")
     model.eval().requires_grad_(False)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
     model.to(device=device, dtype=dtype)
-    model.to(memory_format=fmt)  # only 4-D parameters and buffers change layout
+    if fuse:
+        with torch.no_grad():
+            fused = net.fuse_for_inference().eval().to(device=device, dtype=dtype)
+        result = _rewrap(model, fused)
+        channels_last = True
+    else:
+        if channels_last is None:
+            channels_last = default_channels_last(family or own_family, device, name or own_name)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        model.to(memory_format=fmt)  # only 4-D parameters and buffers change layout
+        result = model
     if compile:
-        model.compile()  # in place: the state-dict keys stay as they are (no `_orig_mod.`)
-    cfg = InferenceConfig(device, dtype, bool(channels_last), bool(compile))
-    object.__setattr__(model, _STATE_ATTR, cfg)
-    return model
+        target = getattr(result, "net", result)
+        target.compile()  # in place: state-dict keys stay as they are (no `_orig_mod.`)
+    cfg = InferenceConfig(device, dtype, bool(channels_last), bool(compile), bool(fuse))
+    object.__setattr__(result, _STATE_ATTR, cfg)
+    return result
+
+
+def _rewrap(model: nn.Module, fused: nn.Module) -> nn.Module:
+    """An `SRModel` around the fused network (same info, scale, kwargs), or `fused` itself."""
+    if getattr(model, "net", None) is None:
+        return fused
+    wrapper = type(model)(fused, model.info, model.scale, getattr(model, "kwargs", None))
+    return wrapper.eval().requires_grad_(False)
 
 
 def inference_config(model: nn.Module) -> InferenceConfig:
@@ -153,6 +218,6 @@ def to_model_input(model: nn.Module, x: Tensor) -> Tensor:
 
 def run_inference(model: nn.Module, x: Tensor) -> Tensor:
     """model(x) under `torch.inference_mode`, with x converted to what the model was prepared
-    for. The output keeps the model's device, dtype and memory format."""
+    for. The output keeps the model's device and dtype."""
     with torch.inference_mode():
         return model(to_model_input(model, x))

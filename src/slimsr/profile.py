@@ -555,7 +555,8 @@ def _rss_child(spec_path: str) -> dict[str, Any]:
     spec = torch.load(spec_path, map_location="cpu", weights_only=False)
     net: nn.Module = spec["net"]
     torch.set_num_threads(spec["threads"])
-    prepare_for_inference(net, "cpu", torch.float32, spec["channels_last"], False)
+    fuse = bool(spec.get("fuse", False))
+    net = prepare_for_inference(net, "cpu", torch.float32, spec["channels_last"], False, fuse=fuse)
     x = torch.rand(spec["shape"], generator=torch.Generator().manual_seed(0)) * spec["scale"]
     return forward_peak_rss(net, x.contiguous(memory_format=inference_config(net).memory_format))
 
@@ -586,13 +587,14 @@ def cpu_peak_memory(
     *,
     threads: int = 1,
     channels_last: bool = False,
+    fuse: bool = False,
     timeout: float = 600.0,
 ) -> Memory:
     """Increase of peak resident memory during one CPU forward, measured in a fresh process.
 
     The network is pickled to a private temporary file and loaded by `python -m slimsr.profile
     --rss-child` (environment: `rss_child_env`); the figure excludes the interpreter, torch, the
-    weights and the input.
+    weights and the input. `fuse`: measure the fused inference form built in the child.
     """
     with tempfile.TemporaryDirectory(prefix="slimsr-rss-") as tmp:
         spec_path = os.path.join(tmp, "spec.pt")
@@ -602,6 +604,7 @@ def cpu_peak_memory(
             "scale": float(input_range),
             "threads": int(threads),
             "channels_last": bool(channels_last),
+            "fuse": bool(fuse),
         }
         torch.save(spec, spec_path)
         env = rss_child_env()
@@ -690,6 +693,7 @@ def profile_model(
     repeats: int = 10,
     channels_last: bool | None = None,
     compile: bool = False,
+    fuse: bool | None = None,
     runtime: bool = True,
     memory: bool = True,
 ) -> ProfileReport:
@@ -697,7 +701,9 @@ def profile_model(
 
     Give the LR `input_hw` (default 256x256, the NTIRE setting) or an `output_hw` (the papers'
     "for a 1280x720 output": the input is floor(H/s) x floor(W/s)). Counting never runs real
-    arithmetic; `runtime` and `memory` do (CPU: `threads` fixed; memory in a child process).
+    arithmetic; `runtime` and `memory` do (CPU: `threads` fixed; memory in a child process),
+    on the fast inference path (`slimsr.inference.prepare_for_inference`: `fuse`,
+    `channels_last`, `compile`; None picks the measured defaults).
     """
     if input_hw is not None and output_hw is not None:
         raise SlimsrError("give an input size or an output size, not both")
@@ -728,12 +734,18 @@ def profile_model(
     }
     if not (runtime or memory):
         return report
-    run_net = copy.deepcopy(net)
-    prepare_for_inference(
-        run_net, dev, torch.float32, channels_last, compile, family=info.family, name=info.name
+    run_net = prepare_for_inference(
+        copy.deepcopy(net),
+        dev,
+        torch.float32,
+        channels_last,
+        compile,
+        fuse=fuse,
+        family=info.family,
+        name=info.name,
     )
     cfg = inference_config(run_net)
-    report.settings.update(channels_last=cfg.channels_last, compile=cfg.compiled)
+    report.settings.update(channels_last=cfg.channels_last, compile=cfg.compiled, fused=cfg.fused)
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(1, 3, *lr_hw, generator=gen) * info.input_range
     x = x.to(dev).contiguous(memory_format=cfg.memory_format)
@@ -758,6 +770,7 @@ def profile_model(
             info.input_range,
             threads=report.settings["threads"],
             channels_last=cfg.channels_last,
+            fuse=cfg.fused,
         )
     return report
 

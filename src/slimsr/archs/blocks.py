@@ -183,3 +183,334 @@ class DistillationBlock(nn.Module):
         r3 = act(self.c3_r(r2) + r2)
         r4 = act(self.c4(r3))
         return self.c5(torch.cat([d1, d2, d3, r4], dim=1))
+
+
+# -- inference-time fused forms ----------------------------------------------------------------
+#
+# `fuse_for_inference()` on BSRN, RFDN and FMEN builds these from trained weights. They compute
+# what the plain forward computes (to float rounding) with fewer passes over memory:
+# channels-last tensors throughout (depthwise and 3x3 convs run several times faster in oneDNN
+# than on NCHW); each concatenation feeding a 1x1 conv replaced by a running sum of 1x1 convs
+# over the parts, so no concatenated copy is allocated; chains of linear layers folded into
+# one; activations and residual additions in place; and, for float32 on a CPU, oneDNN's fused
+# conv + activation and conv + add kernels. Their tensors are non-persistent buffers: a fused
+# module is never trained and never saved (its state_dict is empty).
+
+_ONEDNN_FUSION = torch.backends.mkldnn.is_available() and hasattr(
+    torch.ops.mkldnn, "_convolution_pointwise"
+)
+
+
+def _onednn(x: Tensor) -> bool:
+    """oneDNN's fused conv kernels apply: float32 CPU tensors, mkldnn built and enabled."""
+    return (
+        _ONEDNN_FUSION
+        and torch.backends.mkldnn.enabled
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+    )
+
+
+class Act:
+    """An activation that can run in place or as a oneDNN conv post-op."""
+
+    def __init__(self, kind: str | None = None, slope: float = 0.0) -> None:
+        if kind not in (None, "gelu", "relu", "leaky_relu", "sigmoid"):
+            raise ValueError(f"unsupported activation {kind!r}")
+        self.kind, self.slope = kind, float(slope)
+
+    @classmethod
+    def of(cls, module: nn.Module) -> Act:
+        """The `Act` of an activation module (GELU must be the exact, erf form)."""
+        if isinstance(module, nn.GELU) and module.approximate == "none":
+            return cls("gelu")
+        if isinstance(module, nn.LeakyReLU):
+            return cls("leaky_relu", module.negative_slope)
+        if isinstance(module, nn.ReLU):
+            return cls("relu")
+        raise ValueError(f"no fused form for activation {module!r}")
+
+    def __call__(self, t: Tensor) -> Tensor:
+        """Applied in place; returns `t`."""
+        if self.kind == "gelu":
+            return torch.ops.aten.gelu_(t)
+        if self.kind == "relu":
+            return t.relu_()
+        if self.kind == "leaky_relu":
+            return F.leaky_relu_(t, self.slope)
+        if self.kind == "sigmoid":
+            return t.sigmoid_()
+        return t
+
+    def post_op(self) -> tuple[str, list[float], str]:
+        """oneDNN's (attr, scalars, algorithm) for this activation."""
+        if self.kind is None:
+            return "none", [], ""
+        if self.kind == "gelu":
+            return "gelu", [], "none"  # "none": the exact erf form, not the tanh approximation
+        return self.kind, [self.slope] if self.kind == "leaky_relu" else [], ""
+
+    def __repr__(self) -> str:
+        return f"Act({self.kind!r})" if self.kind != "leaky_relu" else f"Act(leaky {self.slope})"
+
+
+NO_ACT = Act()
+
+
+def fused_conv(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    *,
+    padding: int = 0,
+    stride: int = 1,
+    groups: int = 1,
+    act: Act = NO_ACT,
+) -> Tensor:
+    """act(conv2d(x)), one oneDNN kernel where available."""
+    if _onednn(x):
+        attr, scalars, algorithm = act.post_op()
+        pad, st = [padding, padding], [stride, stride]
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, weight, bias, pad, st, [1, 1], groups, attr, scalars, algorithm
+        )
+    return act(F.conv2d(x, weight, bias, stride, padding, 1, groups))
+
+
+def fused_conv_add(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    other: Tensor,
+    *,
+    padding: int = 0,
+    groups: int = 1,
+    into_other: bool = False,
+) -> Tensor:
+    """conv2d(x) + other; with `into_other` the sum overwrites `other` (which must not be `x`)."""
+    if into_other and other is x:
+        raise ValueError("cannot write a convolution's result over its own input")
+    if _onednn(x) and other.dtype == x.dtype:
+        pad = [padding, padding]
+        if into_other:
+            return torch.ops.mkldnn._convolution_pointwise_.binary(
+                other, x, weight, bias, pad, [1, 1], [1, 1], groups, "add", None, None, [], None
+            )
+        return torch.ops.mkldnn._convolution_pointwise.binary(
+            x, other, weight, bias, pad, [1, 1], [1, 1], groups, "add", None, None, [], None
+        )
+    y = F.conv2d(x, weight, bias, 1, padding, 1, groups)
+    return other.add_(y) if into_other else y.add_(other)
+
+
+def channels_last(x: Tensor) -> Tensor:
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def linear_of(layer: nn.Module) -> tuple[Tensor, Tensor]:
+    """(weight (out, in), bias (out)) of a 1x1 conv or a Linear, in float64 for folding."""
+    if isinstance(layer, nn.Conv2d):
+        if layer.kernel_size != (1, 1) or layer.groups != 1 or layer.stride != (1, 1):
+            raise ValueError(f"not a pointwise conv: {layer}")
+        w = layer.weight.detach().reshape(layer.out_channels, layer.in_channels)
+    elif isinstance(layer, nn.Linear):
+        w = layer.weight.detach()
+    else:
+        raise TypeError(f"not a 1x1 conv or Linear: {type(layer).__name__}")
+    b = layer.bias.detach() if layer.bias is not None else torch.zeros(w.shape[0], device=w.device)
+    return w.double(), b.double()
+
+
+def as_pointwise_weight(w: Tensor, like: Tensor) -> Tensor:
+    """A (out, in) matrix as a channels-last (out, in, 1, 1) conv weight with `like`'s dtype."""
+    return channels_last(w.reshape(*w.shape, 1, 1).to(like.dtype))
+
+
+class FusedModule(nn.Module):
+    """Base of the fused forms: tensors are non-persistent buffers, forward needs no autograd."""
+
+    def buffer(self, name: str, value: Tensor | None) -> None:
+        if value is not None and value.dim() == 4:
+            value = channels_last(value)
+        self.register_buffer(name, value.detach().clone() if value is not None else None, False)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        raise RuntimeError("a fused inference module holds no trainable state: load the plain net")
+
+
+class FusedConv(FusedModule):
+    """A 3x3 layer of a trunk: a plain conv, or a BSConvU (pointwise, then depthwise).
+
+    `pw_weight` replaces a BSConvU's pointwise matrix (used to fold input replication).
+    """
+
+    def __init__(self, layer: nn.Module, pw_weight: Tensor | None = None) -> None:
+        super().__init__()
+        self.separable = isinstance(layer, BSConvU)
+        conv = layer.dw if isinstance(layer, BSConvU) else layer
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"cannot fuse {type(layer).__name__}")
+        self.padding, self.stride, self.groups = conv.padding[0], conv.stride[0], conv.groups
+        self.buffer("weight", conv.weight)
+        self.buffer("bias", conv.bias)
+        # conv(x) + x is one conv whose centre tap has the identity added (exact: the centre tap
+        # of a stride-1 'same' conv reads x itself). A BSConvU cannot do this: its depthwise
+        # step reads pw(x), not x.
+        k = conv.kernel_size
+        self.identity_folded = (
+            not self.separable
+            and conv.groups == 1
+            and conv.in_channels == conv.out_channels
+            and conv.stride == (1, 1)
+            and k[0] % 2 == 1
+            and k == (k[0], k[0])
+            and conv.padding == (k[0] // 2, k[0] // 2)
+            and conv.dilation == (1, 1)
+        )
+        if self.identity_folded:
+            w = conv.weight.detach().double().clone()
+            eye = torch.eye(conv.out_channels, dtype=w.dtype, device=w.device)
+            w[:, :, k[0] // 2, k[0] // 2] += eye
+            self.buffer("residual_weight", w.to(conv.weight.dtype))
+        if isinstance(layer, BSConvU):
+            w, b = linear_of(layer.pw)
+            w = pw_weight.double() if pw_weight is not None else w
+            self.buffer("pw_weight", as_pointwise_weight(w, conv.weight))
+            self.buffer("pw_bias", b.to(conv.weight.dtype) if layer.pw.bias is not None else None)
+
+    def _input(self, x: Tensor) -> Tensor:
+        if self.separable:
+            return fused_conv(x, self.pw_weight, self.pw_bias)
+        return x
+
+    def forward(self, x: Tensor, act: Act = NO_ACT) -> Tensor:
+        return fused_conv(
+            self._input(x),
+            self.weight,
+            self.bias,
+            padding=self.padding,
+            stride=self.stride,
+            groups=self.groups,
+            act=act,
+        )
+
+    def residual(self, x: Tensor, act: Act = NO_ACT, overwrite: bool = False) -> Tensor:
+        """act(self(x) + x): one fused kernel where the identity was folded into the weights,
+        else conv + add (into `x` itself if `overwrite`) then the activation in place."""
+        if self.identity_folded:
+            return fused_conv(x, self.residual_weight, self.bias, padding=self.padding, act=act)
+        return act(self.add(x, x, overwrite=overwrite))
+
+    def add(self, x: Tensor, other: Tensor, overwrite: bool = False) -> Tensor:
+        """self(x) + other. With `overwrite`, `other` may be reused for the result (done only
+        where the conv does not read it: always for a BSConvU, whose depthwise step reads the
+        pointwise output)."""
+        if self.stride != 1:
+            raise ValueError("a residual needs a stride-1 layer")
+        inner = self._input(x)
+        return fused_conv_add(
+            inner,
+            self.weight,
+            self.bias,
+            other,
+            padding=self.padding,
+            groups=self.groups,
+            into_other=overwrite and other is not inner,
+        )
+
+
+class FusedESA(FusedModule):
+    """ESA whose full-resolution 1x1s (conv1, conv_f, and a BSConvU conv2's pointwise step)
+    were folded into the layer that produces its input.
+
+    The producer delivers one tensor with `C + 2f` channels: the features `out`, then `s`
+    (what the stride-2 conv reads) and `cf` (conv_f(conv1(out))). `squeeze(esa)` gives the
+    (2f, C) matrix and bias that map `out` to `[s, cf]`.
+    """
+
+    def __init__(self, esa: ESA) -> None:
+        super().__init__()
+        self.f = (
+            esa.conv1.out_features if isinstance(esa.conv1, nn.Linear) else esa.conv1.out_channels
+        )
+        self.act = Act.of(esa.act)
+        self.down = FusedConv(esa.conv2.dw if isinstance(esa.conv2, BSConvU) else esa.conv2)
+        self.conv_max = FusedConv(esa.conv_max)
+        self.conv3 = FusedConv(esa.conv3)
+        self.conv3_ = FusedConv(esa.conv3_)
+        w4, b4 = linear_of(esa.conv4)
+        ref = self.down.weight
+        self.buffer("w4", as_pointwise_weight(w4, ref))
+        self.buffer("b4", b4.to(ref.dtype))
+
+    @staticmethod
+    def squeeze(esa: ESA) -> tuple[Tensor, Tensor]:
+        """(2f, C) matrix and (2f,) bias from `out` to `[s, cf]`, float64."""
+        w1, b1 = linear_of(esa.conv1)
+        wf, bf = linear_of(esa.conv_f)
+        ws, bs = w1, b1
+        if isinstance(esa.conv2, BSConvU):  # its pointwise step is linear too: fold it in
+            wp, bp = linear_of(esa.conv2.pw)
+            ws, bs = wp @ w1, wp @ b1 + bp
+        return torch.cat([ws, wf @ w1]), torch.cat([bs, wf @ b1 + bf])
+
+    def forward(self, acc: Tensor, channels: int) -> Tensor:
+        """out * sigmoid(gate), where `acc` = [out | s | cf] along the channels."""
+        f = self.f
+        out, s, cf = acc[:, :channels], acc[:, channels : channels + f], acc[:, channels + f :]
+        coarse = F.max_pool2d(self.down(channels_last(s)), kernel_size=7, stride=3)
+        coarse = self.conv3(self.conv_max(coarse, self.act), self.act)
+        coarse = self.conv3_(coarse)
+        up = F.interpolate(coarse, size=acc.shape[-2:], mode="bilinear", align_corners=False)
+        up = channels_last(up).add_(cf)
+        return fused_conv(up, self.w4, self.b4, act=Act("sigmoid")).mul_(out)
+
+
+class FusedDistillation(FusedModule):
+    """`esa(distill(x))` of a `DistillationBlock` (RFDB, ESDB), fused.
+
+    The c5 fusion over concat(d1, d2, d3, r4) becomes a running sum of four 1x1 convs, each
+    added as soon as its part exists (so at most one distilled part is alive), and ESA's 1x1
+    squeeze is folded into those same sums (`FusedESA`).
+    """
+
+    def __init__(self, block: DistillationBlock, esa: ESA) -> None:
+        super().__init__()
+        self.act = Act.of(block.act)
+        ref = block.c5.weight
+        for i in (1, 2, 3):
+            w, b = linear_of(getattr(block, f"c{i}_d"))
+            self.buffer(f"d{i}_weight", as_pointwise_weight(w, ref))
+            self.buffer(f"d{i}_bias", b.to(ref.dtype))
+        self.r = nn.ModuleList(FusedConv(getattr(block, n)) for n in ("c1_r", "c2_r", "c3_r", "c4"))
+        w5, b5 = linear_of(block.c5)
+        self.channels = w5.shape[0]
+        wsq, bsq = FusedESA.squeeze(esa)
+        w_all = torch.cat([w5, wsq @ w5])
+        b_all = torch.cat([b5, wsq @ b5 + bsq])
+        dc = w5.shape[1] // 4
+        for k in range(4):
+            self.buffer(f"acc{k}_weight", as_pointwise_weight(w_all[:, k * dc : (k + 1) * dc], ref))
+        self.buffer("acc_bias", b_all.to(ref.dtype))
+        self.esa = FusedESA(esa)
+
+    def forward(self, x: Tensor) -> Tensor:
+        act = self.act
+        acc: Tensor | None = None
+        r = x
+        for i in range(3):
+            d = fused_conv(
+                r, getattr(self, f"d{i + 1}_weight"), getattr(self, f"d{i + 1}_bias"), act=act
+            )
+            w = getattr(self, f"acc{i}_weight")
+            acc = (
+                fused_conv(d, w, self.acc_bias)
+                if acc is None
+                else fused_conv_add(d, w, None, acc, into_other=True)
+            )
+            del d
+            r = self.r[i].residual(r, act, overwrite=r is not x)  # never overwrite the block input
+        r4 = self.r[3](r, act)
+        assert acc is not None
+        acc = fused_conv_add(r4, self.acc3_weight, None, acc, into_other=True)
+        return self.esa(acc, self.channels)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from slimsr.cli import eval, export, info, models, profile, reparam, train, upscale  # noqa: F401  (registers the commands)
+from slimsr.cli import compress, eval, export, info, models, profile, reparam, train, upscale  # noqa: F401  (registers the commands)
 from slimsr.cli.app import app
 from slimsr.errors import SlimsrError
 

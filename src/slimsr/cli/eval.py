@@ -22,6 +22,7 @@ from slimsr.evaluate import (
     bicubic_upscaler,
     dataset_from_root,
     evaluate_dataset,
+    model_upscaler,
     pair_folders,
     self_ensemble,
 )
@@ -29,7 +30,7 @@ from slimsr.factory import create_model, load
 from slimsr.fileio import atomic_write_text
 from slimsr.metrics import PROTOCOLS
 from slimsr.model import SRModel
-from slimsr.quant.onnx import OnnxUpscaler, is_onnx_path
+from slimsr.quant.runtime import Runner, is_runtime_path, load_runner
 
 
 def resolve_device(device: str) -> torch.device:
@@ -50,8 +51,12 @@ def resolve_dtype(fp16: bool, bf16: bool) -> torch.dtype:
 
 
 def resolve_model(
-    model: str | None, scale: int | None, weights: Path | None, param_key: str | None
-) -> tuple[str, int, SRModel | OnnxUpscaler | None]:
+    model: str | None,
+    scale: int | None,
+    weights: Path | None,
+    param_key: str | None,
+    tflite_io: str = "auto",
+) -> tuple[str, int, SRModel | Runner | None]:
     """(label, scale, model or None for bicubic) from the CLI's model options."""
     if model is not None and model.lower() == "bicubic":
         if scale is None:
@@ -61,8 +66,8 @@ def resolve_model(
         if model is None:
             raise SlimsrError("give --weights (architecture detected) or -m NAME --weights FILE")
         raise SlimsrError(f"-m {model} needs --weights: random weights give meaningless numbers")
-    if is_onnx_path(weights):
-        net = OnnxUpscaler(weights, scale, arch=model)
+    if is_runtime_path(weights):
+        net = load_runner(weights, scale, arch=model, tflite_io=tflite_io)
     elif model is None:
         net = load(weights, param_key=param_key)
         if scale is not None and scale != net.scale:
@@ -155,16 +160,22 @@ def eval_command(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     fp16: bool = typer.Option(False, "--fp16", help="Half precision (models that support it)."),
     bf16: bool = typer.Option(False, "--bf16", help="bfloat16 (models that support it)."),
+    fuse: bool = typer.Option(
+        True, "--fuse/--no-fuse", help="Run the fused inference form where one exists (CPU)."
+    ),
     save_images: bool = typer.Option(
         False, "--save-images", help="Write SR images and bicubic|SR|HR crops."
     ),
     out: Path = typer.Option(None, "-o", "--out", help="Folder for results.json/.csv/images."),
     param_key: str = typer.Option(None, "--param-key", help="e.g. params or params_ema."),
+    tflite_io: str = typer.Option(
+        "auto", "--tflite-io", help="auto | uint8 (require an INT8 .tflite) | float."
+    ),
 ) -> None:
     """Evaluate a model (or bicubic) on benchmark sets: PSNR/SSIM per image and mean."""
     if protocol not in PROTOCOLS:
         raise SlimsrError(f"--protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
-    label, scale, net = resolve_model(model, scale, weights, param_key)
+    label, scale, net = resolve_model(model, scale, weights, param_key, tflite_io)
     datasets = collect_datasets(data, hr, lr, scale, generate_lr)
     dev, dtype = resolve_device(device), resolve_dtype(fp16, bf16)
     upscale: Upscaler
@@ -174,7 +185,10 @@ def eval_command(
         net.check_dtype(dtype)
         if dtype == torch.float16 and dev.type == "cpu":
             raise SlimsrError("--fp16 needs a CUDA device here; use --bf16 on CPU")
-        upscale = net.to(device=dev, dtype=dtype).eval()
+        if isinstance(net, SRModel):  # the fast inference path: fused form, measured layout
+            upscale = model_upscaler(net, dev, dtype, fuse=None if fuse else False)
+        else:
+            upscale = net.to(device=dev, dtype=dtype).eval()
     if ensemble:
         upscale = self_ensemble(upscale)
     out = out or Path("eval_results") / f"{label.split(' ')[0]}_x{scale}"

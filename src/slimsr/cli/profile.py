@@ -72,6 +72,8 @@ def report_table(report: ProfileReport) -> Table:
         if rt["threads"]:
             setting += f", {rt['threads']} threads"
         s = d["settings"]
+        if s.get("fused"):
+            setting += ", fused form"
         setting += f", {'channels_last' if s.get('channels_last') else 'contiguous'}"
         if s.get("compile"):
             setting += ", torch.compile"
@@ -124,6 +126,11 @@ def profile_command(
         "--channels-last/--contiguous",
         help="Memory format (default: the family's measured best on CPU).",
     ),
+    fuse: bool = typer.Option(
+        None,
+        "--fuse/--no-fuse",
+        help="Time the fused inference form (default: where one exists, on CPU).",
+    ),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the network first."),
     no_runtime: bool = typer.Option(False, "--no-runtime", help="Counts only: no timing."),
     no_memory: bool = typer.Option(False, "--no-memory", help="Skip the peak-memory run."),
@@ -143,6 +150,7 @@ def profile_command(
         repeats=repeats,
         channels_last=channels_last,
         compile=compile_,
+        fuse=fuse,
         runtime=not no_runtime,
         memory=not no_memory,
     )

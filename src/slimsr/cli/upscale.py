@@ -17,7 +17,7 @@ from slimsr.errors import SlimsrError
 from slimsr.factory import create_model, load
 from slimsr.imaging import SUFFIXES, list_images, read_image, write_like
 from slimsr.model import SRModel
-from slimsr.quant.onnx import OnnxUpscaler, is_onnx_path
+from slimsr.quant.runtime import Runner, is_runtime_path, load_runner
 from slimsr.upscale import (
     DEFAULT_MEMORY_BUDGET_MB,
     UpscaleOptions,
@@ -66,11 +66,9 @@ def output_path(src: Path, out_dir: Path, suffix: str, ext: str, bit16: bool) ->
     return out_dir / f"{name}.{ext}"
 
 
-def pick_model(
-    model: str | None, weights: Path | None, scale: int | None
-) -> SRModel | OnnxUpscaler:
-    if is_onnx_path(weights):
-        return OnnxUpscaler(weights, scale, arch=model)
+def pick_model(model: str | None, weights: Path | None, scale: int | None) -> SRModel | Runner:
+    if is_runtime_path(weights):
+        return load_runner(weights, scale, arch=model)
     if weights is not None:
         net = create_model(model, scale, weights) if model else load(weights)
         if scale is not None and net.scale != scale:

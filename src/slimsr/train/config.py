@@ -208,7 +208,29 @@ class AdamaxConfig(Section):
     weight_decay: NonNegativeFloat = 0.0
 
 
-OptimizerConfig = Annotated[AdamConfig | AdamWConfig | AdamaxConfig, Field(discriminator="type")]
+class OBProxSGConfig(Section):
+    """OBProx-SG (Chen et al. 2020) for loss + lambda*||theta||_1: exact zeros, for pruning."""
+
+    type: Literal["obproxsg"]
+    lambda_l1: NonNegativeFloat = Field(
+        1e-4, description="Weight of the L1 norm of all trainable parameters."
+    )
+    prox_steps: NonNegativeInt = Field(
+        description="Proximal-SG steps at the start of each cycle (they find the support)."
+    )
+    orthant_steps: PositiveInt | None = Field(
+        None,
+        description="Orthant steps that follow in each cycle; null: orthant steps to the end "
+        "(the paper's OBProx-SG+ schedule).",
+    )
+    eps: NonNegativeFloat = Field(
+        0.0, description="Orthant step: entries whose magnitude would end at or below eps become 0."
+    )
+
+
+OptimizerConfig = Annotated[
+    AdamConfig | AdamWConfig | AdamaxConfig | OBProxSGConfig, Field(discriminator="type")
+]
 
 
 class ConstantSchedule(Section):
@@ -308,6 +330,61 @@ class OptimConfig(Section):
     )
 
 
+# -- distillation ---------------------------------------------------------------------------------
+
+
+class DistillConfig(Section):
+    """Teacher-student training (Jiang et al. 2024, eqs. 8-9).
+
+    loss = alpha * (the `train.losses` against the ground truth)
+         + L_lap(student, teacher) + L_lap(HF(student), HF(teacher)).
+    The teacher is frozen (eval mode, no gradients) and may be any architecture of the same scale.
+    """
+
+    teacher: Path = Field(
+        description="Teacher weights, any format `slimsr.load` reads (architecture detected)."
+    )
+    param_key: str | None = Field(
+        None, description="Container to read from the teacher file (e.g. params)."
+    )
+    alpha: NonNegativeFloat = Field(
+        0.1, description="Weight of the ground-truth losses (train.losses) in the total."
+    )
+    levels: PositiveInt = Field(5, description="Levels of the Laplacian pyramids.")
+
+    @field_validator("teacher")
+    @classmethod
+    def _teacher_exists(cls, v: Path, info: ValidationInfo) -> Path:
+        checked = _check_path(v, info, "file")
+        assert checked is not None
+        return checked
+
+
+# -- quantisation ---------------------------------------------------------------------------------
+
+
+class QuantConfig(Section):
+    """Quantisation-aware training for full-integer INT8 deployment (`slimsr.quant.qat`).
+
+    The network trains through fake quantisation: per-channel symmetric int8 weights, per-tensor
+    8-bit activations, uint8 pixels in and out, as the INT8 TFLite file will compute. Ranges
+    start from min/max calibration on training patches (PTQ quality), then follow an EMA of
+    each batch's min/max. Exported weights are the float network with the ranges in their
+    sidecar: `slimsr export tflite --qat-weights FILE` writes the INT8 file with those ranges.
+    """
+
+    qat: bool = Field(False, description="Train with fake quantisation (plain-conv models only).")
+    calibration_batches: PositiveInt = Field(
+        8, description="Batches of training patches (data.train sizes) for the initial ranges."
+    )
+    range_decay: float = Field(
+        0.999, gt=0, lt=1, description="EMA decay of the activation ranges while training."
+    )
+    freeze_ranges_iter: NonNegativeInt | None = Field(
+        None, description="Iteration from which the ranges stay fixed; null: never."
+    )
+
+
 # -- run ------------------------------------------------------------------------------------------
 
 
@@ -338,6 +415,12 @@ class TrainConfig(Section):
     model: ModelConfig
     data: DataConfig
     train: OptimConfig
+    distill: DistillConfig | None = Field(
+        None, description="Knowledge distillation from a frozen teacher (omit for plain training)."
+    )
+    quant: QuantConfig | None = Field(
+        None, description="Quantisation-aware training (quant.qat: true); omit for float."
+    )
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @field_validator("name")
@@ -373,7 +456,25 @@ class TrainConfig(Section):
             raise ValueError(
                 f"train.scheduler.milestones go past train.iterations ({self.train.iterations})"
             )
+        if self.quant is not None and self.quant.qat:
+            self._check_qat()
         return self
+
+    def _check_qat(self) -> None:
+        """QAT needs fp32 and a plain-conv network (refused here, naming the op)."""
+        from slimsr.factory import create_model
+        from slimsr.quant.graph import QuantError, plain_graph
+
+        if self.train.precision != "fp32":
+            raise ValueError("quant.qat needs train.precision fp32 (fake quantisation is float32)")
+        try:
+            net = create_model(self.model.name, self.model.scale, **self.model.kwargs)
+        except TypeError:
+            return  # bad model.kwargs are reported when the run builds the model
+        try:
+            plain_graph(net)
+        except QuantError as exc:
+            raise ValueError(f"quant.qat: {exc}") from None
 
 
 def json_schema() -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from slimsr.train.config import LossConfig
@@ -80,3 +81,103 @@ class WeightedLoss(nn.Module):
             total = weight * value if total is None else total + weight * value
         assert total is not None
         return total, terms
+
+
+# -- distillation (Jiang et al. 2024, eq. 9) --------------------------------------------------------
+
+
+def _binomial_kernel(channels: int, like: Tensor) -> Tensor:
+    """The 5x5 binomial filter (1 4 6 4 1)^T (1 4 6 4 1) / 256, one copy per channel.
+
+    The Gaussian approximation of Burt & Adelson's pyramid, and the blur of the authors' code.
+    """
+    row = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], dtype=like.dtype, device=like.device) / 16.0
+    return torch.outer(row, row).expand(channels, 1, 5, 5)
+
+
+def gaussian_blur(x: Tensor, gain: float = 1.0) -> Tensor:
+    """5x5 binomial blur of every channel, borders mirrored (replicated on images under 3 px)."""
+    mode = "reflect" if min(x.shape[-2:]) >= 3 else "replicate"
+    kernel = _binomial_kernel(x.shape[1], x) * gain
+    return F.conv2d(F.pad(x, (2, 2, 2, 2), mode=mode), kernel, groups=x.shape[1])
+
+
+def high_frequency(x: Tensor) -> Tensor:
+    """HF(x) = x - GaussianBlur5x5(x): the detail the distillation loss weighs a second time."""
+    return x - gaussian_blur(x)
+
+
+def _expand(low: Tensor, size: tuple[int, int]) -> Tensor:
+    """Double the size by inserting zeros between samples, blur with 4x gain, crop to `size`.
+
+    The gain restores the mean: each output sees a quarter of the kernel's taps.
+    """
+    n, c, h, w = low.shape
+    up = low.new_zeros(n, c, 2 * h, 2 * w)
+    up[..., ::2, ::2] = low
+    return gaussian_blur(up, gain=4.0)[..., : size[0], : size[1]]
+
+
+def laplacian_pyramid(x: Tensor, levels: int = 5) -> list[Tensor]:
+    """Band-pass images (finest first) and the low-pass residual: at most `levels` tensors.
+
+    Each band is the image minus the expansion of its reduced version (blur, then 2x2 average,
+    as the authors' code); odd sizes are padded by one replicated row/column before reducing
+    and the expansion is cropped back. A band is made only from images at least 4 px on a
+    side, so small inputs get a shallower pyramid instead of an error.
+    """
+    bands: list[Tensor] = []
+    current = x
+    while len(bands) < levels - 1 and min(current.shape[-2:]) >= 4:
+        h, w = current.shape[-2:]
+        even = F.pad(current, (0, w % 2, 0, h % 2), mode="replicate") if h % 2 or w % 2 else current
+        low = F.avg_pool2d(gaussian_blur(even), 2)
+        bands.append(current - _expand(low, (h, w)))
+        current = low
+    bands.append(current)
+    return bands
+
+
+class LaplacianLoss(nn.Module):
+    """Laplacian-pyramid L1 (Bojanowski et al. 2018, as used by the compression paper's code).
+
+    sum_j 2^j * mean|L_j(x) - L_j(y)| over the bands j = 0 (finest) ... and the low-pass
+    residual, which takes the next weight. Coarser bands count more per pixel, so the loss
+    weighs structure at every scale instead of being dominated by the finest one.
+    """
+
+    def __init__(self, levels: int = 5) -> None:
+        super().__init__()
+        if levels < 1:
+            raise ValueError("a Laplacian pyramid needs at least 1 level")
+        self.levels = int(levels)
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        px, py = laplacian_pyramid(x, self.levels), laplacian_pyramid(y, self.levels)
+        total = x.new_zeros(())
+        for j, (a, b) in enumerate(zip(px, py, strict=True)):
+            total = total + (2.0**j) * (a - b).abs().mean()
+        return total
+
+
+def _at_least_fp32(x: Tensor) -> Tensor:
+    """fp16/bf16 (autocast outputs) -> fp32; fp32 and fp64 unchanged (gradcheck runs fp64)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+class DistillationLoss(nn.Module):
+    """L_dis(s, t) = L_lap(s, t) + L_lap(HF(s), HF(t)) (eq. 9 of Jiang et al. 2024).
+
+    The teacher output `t` carries no gradient. The trainer adds alpha times the recipe's
+    ground-truth losses (eq. 8).
+    """
+
+    def __init__(self, levels: int = 5) -> None:
+        super().__init__()
+        self.lap = LaplacianLoss(levels)
+
+    def forward(self, student: Tensor, teacher: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        student, teacher = _at_least_fp32(student), _at_least_fp32(teacher).detach()
+        lap = self.lap(student, teacher)
+        lap_hf = self.lap(high_frequency(student), high_frequency(teacher))
+        return lap + lap_hf, {"lap": lap.detach(), "lap_hf": lap_hf.detach()}

@@ -18,6 +18,7 @@ the weights of N straight iterations, bit for bit.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import signal
@@ -38,6 +39,7 @@ from slimsr.errors import SlimsrError
 from slimsr.factory import create_model, load
 from slimsr.fileio import atomic_write_text
 from slimsr.model import SRModel
+from slimsr.quant.qat import QATNet, calibrate, prepare_qat, qat_net
 from slimsr.train import distributed as ddp
 from slimsr.train.checkpoint import (
     ResumeError,
@@ -48,10 +50,10 @@ from slimsr.train.checkpoint import (
     save_state,
     set_rng_state,
 )
-from slimsr.train.config import TrainConfig
+from slimsr.train.config import ConfigError, TrainConfig
 from slimsr.train.ema import EMA
 from slimsr.train.export import export_model
-from slimsr.train.losses import WeightedLoss
+from slimsr.train.losses import DistillationLoss, WeightedLoss
 from slimsr.train.optim import build_optimizer, trainable_parameters
 from slimsr.train.recipe import config_diff, config_hash, dump_config, load_config
 from slimsr.train.runlog import ConsoleView, EventLog, Scalars
@@ -117,6 +119,15 @@ def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def _file_sha256(path: Path) -> str:
+    """Identifies a teacher file, so a resumed distillation can tell it was not swapped."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _ignore_signals(_: int) -> None:
@@ -233,11 +244,13 @@ class Trainer:
             self.init_report = {"copied_tensors": len(copied), "skipped_tensors": len(skipped)}
         self.model: SRModel = model.to(dist.device).train()
         self.info = model.info
+        self._prepare_qat()
         self.params = trainable_parameters(self.model.net)
         o = cfg.train
         self.optimizer = build_optimizer(self.params, o.optimizer, o.lr)
         self.schedule = build_schedule(o.scheduler, o.iterations, o.lr)
         self.loss_fn = WeightedLoss(o.losses)
+        self._build_teacher(dist.device)
         self.ema = EMA(self.model.net, o.ema.decay, o.ema.start_iter) if o.ema else None
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(o.precision)
         self.scaler = torch.amp.GradScaler(dist.device.type, enabled=o.precision == "fp16")
@@ -247,6 +260,71 @@ class Trainer:
 
             ids = [dist.device.index] if dist.device.type == "cuda" else None
             self.forward = DistributedDataParallel(self.model, device_ids=ids)
+
+    def _build_teacher(self, device: torch.device) -> None:
+        """Load the frozen teacher of a distillation run (`distill:`), or set none."""
+        self.teacher: SRModel | None = None
+        self.teacher_record: dict[str, Any] | None = None
+        d = self.config.distill
+        if d is None:
+            return
+        teacher = load(d.teacher, param_key=d.param_key)
+        if teacher.scale != self.config.model.scale:
+            raise ConfigError(
+                f"distill.teacher {d.teacher} is a x{teacher.scale} model ({teacher.name}); "
+                f"it cannot teach a x{self.config.model.scale} student"
+            )
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        self.teacher = teacher.to(device).eval()
+        self.teacher_record = {
+            "path": str(d.teacher),
+            "sha256": _file_sha256(d.teacher),
+            "model": teacher.name,
+            "params": teacher.num_parameters(),
+        }
+        self.distill_loss = DistillationLoss(d.levels)
+
+    def _add_distillation(
+        self, lr_img: Tensor, sr: Tensor, gt_loss: Tensor, terms: dict[str, Tensor]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """alpha * ground-truth loss + L_lap(s, t) + L_lap(HF(s), HF(t)); teacher frozen."""
+        assert self.teacher is not None and self.config.distill is not None
+        info, dtype = self.teacher.info, self.amp_dtype
+        # the teacher runs under the student's autocast unless it is unsafe in that precision
+        amp = (dtype == torch.bfloat16 and info.supports_bf16) or (
+            dtype == torch.float16 and info.supports_fp16
+        )
+        with (
+            torch.no_grad(),
+            torch.autocast(self.dist.device.type, dtype=dtype or torch.float32, enabled=amp),
+        ):
+            teacher_sr = self.teacher(lr_img)
+        dis, dis_terms = self.distill_loss(sr, teacher_sr)
+        return self.config.distill.alpha * gt_loss + dis, {**terms, **dis_terms}
+
+    def _prepare_qat(self) -> None:
+        """`quant.qat`: train through fake quantisation, ranges calibrated on training patches.
+
+        The calibration patches come from their own seed, so the training data stream (and
+        exact resume) is unchanged; on resume the checkpoint's ranges replace these.
+        """
+        q = self.config.quant
+        self.qat_freeze: int | None = None
+        if q is None or not q.qat:
+            return
+        self.model = prepare_qat(self.model, q.range_decay).to(self.dist.device).train()
+        d = self.config.data.train
+        patches = PatchDataset(self.store, d.patch_size, self.config.seed + 7_777_777)
+        n = len(self.store)
+        batches = (
+            torch.stack(
+                [patches[(k % n, k)][0] for k in range(b * d.batch_size, (b + 1) * d.batch_size)]
+            )
+            for b in range(q.calibration_batches)
+        )
+        calibrate(self.model, batches)
+        self.qat_freeze = q.freeze_ranges_iter
 
     def _restore(self, path: Path) -> None:
         state = load_state(path)
@@ -269,6 +347,14 @@ class Trainer:
         self.best = state.get("best")
         self._nonfinite_streak = int(state.get("nonfinite_streak", 0))
         self._pending_rng = state["rng"]
+        saved_teacher = state.get("teacher") or {}
+        current = self.teacher_record or {}
+        if saved_teacher.get("sha256") != current.get("sha256"):
+            raise ResumeError(
+                f"{path}: the run was distilled from a teacher with sha256 "
+                f"{str(saved_teacher.get('sha256'))[:12]}, the recipe's teacher now has "
+                f"{str(current.get('sha256'))[:12]}; resuming would change the targets"
+            )
 
     def _make_loader(self) -> Iterator[tuple[Tensor, Tensor]]:
         d = self.config.data.train
@@ -307,6 +393,8 @@ class Trainer:
         lr_img = lr_img.to(device, non_blocking=True)
         hr_img = hr_img.to(device, non_blocking=True)
         lr_now = o.lr * self.schedule(self.iteration)
+        if self.qat_freeze is not None:
+            qat_net(self.model).set_observe(self.iteration < self.qat_freeze)
         for group in self.optimizer.param_groups:
             group["lr"] = lr_now
         self.optimizer.zero_grad(set_to_none=True)
@@ -315,6 +403,8 @@ class Trainer:
         ):
             sr = self.forward(lr_img)
         loss, terms = self.loss_fn(sr, hr_img)
+        if self.teacher is not None:
+            loss, terms = self._add_distillation(lr_img, sr, loss, terms)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         grads = [p.grad for p in self.params if p.grad is not None]
@@ -393,6 +483,7 @@ class Trainer:
             "nonfinite_streak": self._nonfinite_streak,
             "config_sha256": self.config_sha256,
             "world_size": self.dist.world_size,
+            "teacher": self.teacher_record,
         }
 
     def save_checkpoint(self) -> Path | None:
@@ -429,6 +520,7 @@ class Trainer:
                 "iteration": self.iteration,
                 "weights": "ema" if self.ema is not None else "params",
                 "train_images": len(self.store),
+                **({"teacher": self.teacher_record} if self.teacher_record else {}),
                 "validation": (
                     {
                         "set": self.val_source,
@@ -440,6 +532,9 @@ class Trainer:
                 ),
             }
         }
+        if isinstance(net, QATNet):  # the float weights, with the INT8 ranges beside them
+            extra["quantization"] = net.export_ranges()
+            net = net.net
         return export_model(
             net,
             self.info,
@@ -515,6 +610,8 @@ class Trainer:
         }
         if self.init_report is not None:
             start_info["partial_init"] = self.init_report
+        if self.teacher_record is not None:
+            start_info["teacher"] = self.teacher_record
         self.log.write("resume" if resume_from else "start", **start_info)
         view.report(
             f"{'resuming' if resume_from else 'training'} {cfg.model.name} x{cfg.model.scale} "

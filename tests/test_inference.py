@@ -1,0 +1,153 @@
+"""The fast inference path: fused forms compute the plain forward, `prepare_for_inference`.
+
+Every fused form is compared with the plain network it was built from, at x2/x3/x4, on odd
+input sizes and a batch of two: in float64 (the portable PyTorch path; agreement to rounding)
+and in float32 (oneDNN's fused kernels on CPU). No timings are asserted.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import slimsr
+from slimsr.archs.blocks import Act, FusedModule, fused_conv_add
+from slimsr.errors import SlimsrError
+from slimsr.inference import (
+    default_fuse,
+    has_fused_form,
+    inference_config,
+    prepare_for_inference,
+    run_inference,
+)
+from slimsr.registry import build_network, default_registry
+
+from .conftest import official_weight
+
+
+def _has_fused_form(name: str) -> bool:
+    with torch.device("meta"):  # shapes only: building EDSR's 40M parameters costs nothing
+        return has_fused_form(build_network(name))
+
+
+FUSED = sorted(i.name for i in default_registry() if _has_fused_form(i.name))
+SIZES = ((17, 23), (31, 16))  # odd, non-square; ESA needs >= 15 px
+
+
+def test_the_fused_models_are_the_expected_ones() -> None:
+    assert FUSED == ["bsrn", "bsrn_s", "e_rfdn", "fmen", "fmen_s"]
+
+
+def _perturbed(name: str, scale: int, dtype: torch.dtype) -> nn.Module:
+    """A random network with every parameter and buffer moved off its initial value, so that
+    zero biases or unit weights cannot hide a dropped term."""
+    torch.manual_seed(scale)
+    net = build_network(name, scale).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return net.to(dtype)
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+@pytest.mark.parametrize("name", FUSED)
+def test_fused_form_equals_the_plain_forward(name: str, scale: int) -> None:
+    info = slimsr.get_model_info(name)
+    for dtype, atol in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
+        net = _perturbed(name, scale, dtype)
+        fused = net.fuse_for_inference()
+        assert isinstance(fused, FusedModule)
+        for h, w in SIZES:
+            x = torch.rand(2, 3, h, w, dtype=dtype) * info.input_range
+            with torch.inference_mode():
+                ref, out = net(x), fused(x)
+            assert out.shape == ref.shape == (2, 3, h * scale, w * scale)
+            err = (out - ref).abs().max().item() / info.input_range
+            assert err <= atol, f"{name} x{scale} {dtype} {h}x{w}: {err:.2e}"
+
+
+def test_fused_form_leaves_the_network_alone_and_holds_no_state() -> None:
+    net = _perturbed("bsrn_s", 4, torch.float32)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    params = sum(p.numel() for p in net.parameters())
+    fused = net.fuse_for_inference()
+    after = net.state_dict()
+    assert list(after) == list(before) and all(torch.equal(after[k], before[k]) for k in before)
+    assert sum(p.numel() for p in net.parameters()) == params == 156_288
+    assert fused.state_dict() == {} and not list(fused.parameters())
+    with pytest.raises(RuntimeError, match="no trainable state"):
+        fused.load_state_dict({})
+
+
+@pytest.mark.parametrize(
+    ("name", "filename"),
+    [
+        ("bsrn", "bsrn_x4.pth"),
+        ("bsrn_s", "bsrn_s_x4.pth"),
+        ("e_rfdn", "e_rfdn_x4.pth"),
+        ("fmen_s", "fmen_s_x4_deploy.pt"),
+    ],
+)
+def test_fused_form_of_the_official_weights(name: str, filename: str) -> None:
+    model = slimsr.create_model(name, 4, weights=official_weight(filename))
+    net = model.net.eval().double()
+    fused = net.fuse_for_inference()
+    x = torch.rand(1, 3, 19, 21, dtype=torch.float64) * model.input_range
+    with torch.inference_mode():
+        err = (fused(x) - net(x)).abs().max().item() / model.input_range
+    assert err < 1e-10
+
+
+def test_prepare_for_inference_returns_a_fused_srmodel() -> None:
+    model = slimsr.create_model("e_rfdn", 3)
+    keys = list(model.net.state_dict())
+    x = torch.rand(1, 3, 13, 11)  # below ESA's 15 px: the wrapper pads as for the plain model
+    with torch.no_grad():
+        ref = model(x)
+    fast = prepare_for_inference(model, "cpu")
+    assert isinstance(fast, slimsr.SRModel) and fast is not model
+    assert isinstance(fast.net, FusedModule) and fast.scale == 3 and fast.name == "e_rfdn"
+    cfg = inference_config(fast)
+    assert cfg.fused and cfg.channels_last and cfg.dtype == torch.float32 and not cfg.compiled
+    assert list(model.net.state_dict()) == keys and not model.training  # argument: unfused
+    out = run_inference(fast, x)
+    assert out.is_inference() and out.shape == (1, 3, 39, 33)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+
+
+def test_prepare_for_inference_switches() -> None:
+    fused = prepare_for_inference(slimsr.create_model("fmen_s", 2), "cpu", fuse=True)
+    assert inference_config(fused).fused
+    plain = prepare_for_inference(slimsr.create_model("fmen_s", 2), "cpu", channels_last=False)
+    assert not inference_config(plain).fused and not inference_config(plain).channels_last
+    raw = prepare_for_inference(build_network("bsrn", 2), "cpu")  # a raw network: raw result
+    assert isinstance(raw, FusedModule) and inference_config(raw).fused
+    abpn = prepare_for_inference(slimsr.create_model("abpn", 3), "cpu")  # no fused form
+    assert not inference_config(abpn).fused
+    with pytest.raises(SlimsrError, match="no fused inference form"):
+        prepare_for_inference(slimsr.create_model("abpn", 3), "cpu", fuse=True)
+    assert default_fuse(build_network("bsrn", 2), "cpu")
+    assert not default_fuse(build_network("bsrn", 2), "cuda")  # not measured on GPUs
+    assert not default_fuse(build_network("fmen_s_train", 2), "cpu")  # re-parameterise first
+
+
+def test_prepare_for_inference_dtype() -> None:
+    default = prepare_for_inference(slimsr.create_model("bsrn", 2), "cpu")  # keeps float32
+    assert inference_config(default).dtype == torch.float32
+    with pytest.raises(SlimsrError, match="float32, float16 or bfloat16"):
+        prepare_for_inference(slimsr.create_model("bsrn", 2).double(), "cpu")
+    fast = prepare_for_inference(slimsr.create_model("bsrn", 2), "cpu", torch.bfloat16)
+    assert inference_config(fast).dtype == torch.bfloat16
+    x = torch.rand(1, 3, 16, 16)
+    out = run_inference(fast, x)
+    assert out.dtype == torch.bfloat16 and out.shape == (1, 3, 32, 32)  # the portable path
+
+
+def test_fused_building_blocks_refuse_what_they_cannot_do() -> None:
+    with pytest.raises(ValueError, match="no fused form"):
+        Act.of(nn.GELU(approximate="tanh"))  # the fused kernels compute the exact (erf) GELU
+    x = torch.rand(1, 4, 8, 8)
+    w = torch.rand(4, 4, 3, 3)
+    with pytest.raises(ValueError, match="its own input"):
+        fused_conv_add(x, w, None, x, padding=1, into_other=True)
