@@ -16,9 +16,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 def render(width: int = 192, height: int = 128) -> Image.Image:
     yy = np.mgrid[0:height, 0:width][0].astype(np.float32)
-    sky = np.stack(
-        [90 + 80 * yy / height, 140 + 60 * yy / height, 210 - 40 * yy / height], axis=-1
-    )
+    sky = np.stack([90 + 80 * yy / height, 140 + 60 * yy / height, 210 - 40 * yy / height], axis=-1)
     img = Image.fromarray(sky.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
     draw.ellipse((128, 10, 172, 54), fill=(250, 215, 90), outline=(200, 120, 40), width=2)

@@ -16,6 +16,7 @@ from slimsr.cli.eval import resolve_device, resolve_dtype
 from slimsr.errors import SlimsrError
 from slimsr.factory import create_model, load
 from slimsr.imaging import SUFFIXES, list_images, read_image, write_like
+from slimsr.inference import prepare_for_inference
 from slimsr.model import SRModel
 from slimsr.quant.runtime import Runner, is_runtime_path, load_runner
 from slimsr.upscale import (
@@ -109,6 +110,9 @@ def upscale_command(
     fp16: bool = typer.Option(False, "--fp16", help="Half precision (CUDA)."),
     bf16: bool = typer.Option(False, "--bf16", help="bfloat16."),
     quality: int = typer.Option(95, "--quality", help="JPEG/WebP quality."),
+    compile_model: bool = typer.Option(
+        False, "--compile", help="torch.compile the network (slow first call; many images)."
+    ),
 ) -> None:
     """Upscale images with the bundled model or any supported weights file."""
     if ext not in EXT_CHOICES:
@@ -125,7 +129,10 @@ def upscale_command(
     net.check_dtype(dtype)
     if fp16 and dev.type == "cpu":
         raise SlimsrError("--fp16 needs a CUDA device; use --bf16 on CPU")
-    net = net.to(device=dev, dtype=dtype).eval()
+    if isinstance(net, SRModel):  # the fast path: fused form / measured memory layout
+        net = prepare_for_inference(net, dev, dtype, compile=compile_model)
+    else:
+        net = net.to(device=dev, dtype=dtype).eval()
     if max_memory <= 0:
         raise SlimsrError("--max-memory must be positive (MB)")
     opts = UpscaleOptions(
