@@ -225,9 +225,9 @@ def _import_pyplot() -> Any | None:
 
 
 def plot(points: list[dict[str, Any]], out: Path) -> bool:
-    """PSNR against parameters and against Mult-Adds (1280x720 output), one colour per scale,
-    bicubic as a dashed line (like Fig. 4 of the compression paper). Returns False, writing
-    nothing, when matplotlib is not installed (`pip install slimsr[bench]`)."""
+    """PSNR against parameters and against Mult-Adds (1280x720 output), one row of panels per
+    scale, bicubic as a dashed line (like Fig. 4 of the compression paper). Returns False,
+    writing nothing, when matplotlib is not installed (`pip install slimsr[bench]`)."""
     plt = _import_pyplot()
     if plt is None:
         return False
@@ -237,41 +237,39 @@ def plot(points: list[dict[str, Any]], out: Path) -> bool:
         p["params"] = count_parameters(net)
         p["macs_720p"] = complexity(net, lr_size_for_output(PAPER_OUTPUT, p["scale"])).flops["macs"]
     scales = sorted({p["scale"] for p in points})
-    colours = dict(zip(scales, ("tab:blue", "tab:orange", "tab:green", "tab:red"), strict=False))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    for ax, key, label in (
-        (axes[0], "params", "parameters [K]"),
-        (axes[1], "macs_720p", "Mult-Adds for a 1280x720 output [G] (macs convention)"),
-    ):
-        div = 1e3 if key == "params" else 1e9
-        for scale in scales:
-            pts = [p for p in points if p["scale"] == scale]
-            colour = colours.get(scale, "black")
-            ax.scatter(
-                [p[key] / div for p in pts],
-                [p["psnr"] for p in pts],
-                c=colour,
-                label=f"x{scale}",
-                zorder=3,
-            )
-            for p in pts:
+    fig, axes = plt.subplots(
+        len(scales), 2, figsize=(11, 3.6 * len(scales)), squeeze=False, sharey="row"
+    )
+    panels = (("params", 1e3, "parameters [K]"), ("macs_720p", 1e9, "Mult-Adds [G] (macs)"))
+    for row, scale in enumerate(scales):
+        pts = sorted((p for p in points if p["scale"] == scale), key=lambda p: p["params"])
+        bic = [p["bicubic_psnr"] for p in pts if p["bicubic_psnr"] is not None]
+        for col, (key, div, label) in enumerate(panels):
+            ax = axes[row][col]
+            xs = [p[key] / div for p in pts]
+            ax.scatter(xs, [p["psnr"] for p in pts], zorder=3)
+            for i, (x, p) in enumerate(zip(xs, pts, strict=True)):
+                dy = 6 if i % 2 == 0 else -12  # alternate above / below against overlaps
                 ax.annotate(
                     p["model"],
-                    (p[key] / div, p["psnr"]),
+                    (x, p["psnr"]),
                     fontsize=8,
-                    xytext=(4, 3),
+                    xytext=(5, dy),
                     textcoords="offset points",
                 )
-            bic = [p["bicubic_psnr"] for p in pts if p["bicubic_psnr"] is not None]
             if bic:
-                ax.axhline(
-                    statistics.fmean(bic), color=colour, ls="--", lw=0.8, label=f"bicubic x{scale}"
-                )
-        ax.set_xscale("log")
-        ax.set_xlabel(label)
-        ax.set_ylabel("PSNR [dB]")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+                ax.axhline(statistics.fmean(bic), color="grey", ls="--", lw=0.8, label="bicubic")
+                ax.legend(fontsize=8, loc="lower right")
+            ax.set_xscale("log")
+            ticker = plt.matplotlib.ticker
+            ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+            ax.xaxis.set_minor_locator(ticker.LogLocator(subs=(2.0, 3.0, 5.0)))
+            ax.xaxis.set_minor_formatter(ticker.FormatStrFormatter("%g"))
+            ax.tick_params(axis="x", which="minor", labelsize=8)
+            ax.set_xlabel(label + (" for a 1280x720 output" if key == "macs_720p" else ""))
+            ax.set_ylabel(f"x{scale} PSNR [dB]")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.margins(x=0.15, y=0.15)
     sets = sorted({d for p in points for d in p["datasets"]})
     protocols = sorted({str(p["protocol"]) for p in points})
     fig.suptitle(f"PSNR on {', '.join(sets)} ({'; '.join(protocols)} protocol) vs complexity")

@@ -299,6 +299,18 @@ def test_channels_last_default_comes_from_the_family() -> None:
     assert inference_config(raw).channels_last is False  # unknown family: contiguous
 
 
+def test_profile_times_the_fused_form_and_counts_the_official_graph() -> None:
+    model = slimsr.create_model("e_rfdn", 2)
+    fused = profile_model(model, input_hw=(16, 16), threads=1, warmup=0, repeats=1)
+    assert fused.settings["fused"] is True and fused.settings["channels_last"] is True
+    assert fused.memory is not None and fused.memory.peak_increase_bytes >= 0  # child fuses too
+    plain = profile_model(model, input_hw=(16, 16), threads=1, repeats=1, fuse=False, memory=False)
+    assert plain.settings["fused"] is False
+    assert fused.complexity == plain.complexity  # counts are of the official network
+    assert fused.params == plain.params == sum(p.numel() for p in model.net.parameters())
+    assert type(model.net).__name__ == "RFDN"  # the profiled model itself stays plain
+
+
 def test_prepare_for_inference_refuses_fp16_on_cpu() -> None:
     with pytest.raises(SlimsrError, match="float16"):
         prepare_for_inference(slimsr.create_model("abpn", 3), "cpu", torch.float16)

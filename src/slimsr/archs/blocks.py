@@ -192,8 +192,8 @@ class DistillationBlock(nn.Module):
 # channels-last tensors throughout (depthwise and 3x3 convs run several times faster in oneDNN
 # than on NCHW); each concatenation feeding a 1x1 conv replaced by a running sum of 1x1 convs
 # over the parts, so no concatenated copy is allocated; chains of linear layers folded into
-# one; activations and residual additions in place; and, for float32 on a CPU, oneDNN's fused
-# conv + activation and conv + add kernels. Their tensors are non-persistent buffers: a fused
+# one; `conv(x) + x` as one conv; activations and residual additions in place; and, for
+# float32 on a CPU, oneDNN's fused conv + activation and conv + add kernels. Their tensors are non-persistent buffers: a fused
 # module is never trained and never saved (its state_dict is empty).
 
 _ONEDNN_FUSION = torch.backends.mkldnn.is_available() and hasattr(
@@ -420,12 +420,10 @@ class FusedConv(FusedModule):
 
 
 class FusedESA(FusedModule):
-    """ESA whose full-resolution 1x1s (conv1, conv_f, and a BSConvU conv2's pointwise step)
-    were folded into the layer that produces its input.
-
-    The producer delivers one tensor with `C + 2f` channels: the features `out`, then `s`
-    (what the stride-2 conv reads) and `cf` (conv_f(conv1(out))). `squeeze(esa)` gives the
-    (2f, C) matrix and bias that map `out` to `[s, cf]`.
+    """ESA with its full-resolution 1x1s (conv1, conv_f, and a BSConvU conv2's pointwise step)
+    folded into one 1x1, `squeeze(esa)`: the (2f, C) matrix and bias from the features `out`
+    to `[s, cf]`, where `s` is what the stride-2 conv reads and `cf` = conv_f(conv1(out)).
+    The caller applies it (`forward(out, sq)`); the 1x1 `conv4` gets a fused sigmoid.
     """
 
     def __init__(self, esa: ESA) -> None:
@@ -454,14 +452,14 @@ class FusedESA(FusedModule):
             ws, bs = wp @ w1, wp @ b1 + bp
         return torch.cat([ws, wf @ w1]), torch.cat([bs, wf @ b1 + bf])
 
-    def forward(self, acc: Tensor, channels: int) -> Tensor:
-        """out * sigmoid(gate), where `acc` = [out | s | cf] along the channels."""
+    def forward(self, out: Tensor, sq: Tensor) -> Tensor:
+        """out * sigmoid(gate), where `sq` = [s | cf] along the channels."""
         f = self.f
-        out, s, cf = acc[:, :channels], acc[:, channels : channels + f], acc[:, channels + f :]
+        s, cf = sq[:, :f], sq[:, f:]
         coarse = F.max_pool2d(self.down(channels_last(s)), kernel_size=7, stride=3)
         coarse = self.conv3(self.conv_max(coarse, self.act), self.act)
         coarse = self.conv3_(coarse)
-        up = F.interpolate(coarse, size=acc.shape[-2:], mode="bilinear", align_corners=False)
+        up = F.interpolate(coarse, size=out.shape[-2:], mode="bilinear", align_corners=False)
         up = channels_last(up).add_(cf)
         return fused_conv(up, self.w4, self.b4, act=Act("sigmoid")).mul_(out)
 
@@ -470,8 +468,9 @@ class FusedDistillation(FusedModule):
     """`esa(distill(x))` of a `DistillationBlock` (RFDB, ESDB), fused.
 
     The c5 fusion over concat(d1, d2, d3, r4) becomes a running sum of four 1x1 convs, each
-    added as soon as its part exists (so at most one distilled part is alive), and ESA's 1x1
-    squeeze is folded into those same sums (`FusedESA`).
+    added as soon as its part exists (so at most one distilled part is alive); ESA's 1x1s that
+    read the result are folded into one (`FusedESA.squeeze`); a plain 3x3 refinement with its
+    residual is one conv (`FusedConv.residual`).
     """
 
     def __init__(self, block: DistillationBlock, esa: ESA) -> None:
@@ -484,14 +483,16 @@ class FusedDistillation(FusedModule):
             self.buffer(f"d{i}_bias", b.to(ref.dtype))
         self.r = nn.ModuleList(FusedConv(getattr(block, n)) for n in ("c1_r", "c2_r", "c3_r", "c4"))
         w5, b5 = linear_of(block.c5)
-        self.channels = w5.shape[0]
-        wsq, bsq = FusedESA.squeeze(esa)
-        w_all = torch.cat([w5, wsq @ w5])
-        b_all = torch.cat([b5, wsq @ b5 + bsq])
         dc = w5.shape[1] // 4
         for k in range(4):
-            self.buffer(f"acc{k}_weight", as_pointwise_weight(w_all[:, k * dc : (k + 1) * dc], ref))
-        self.buffer("acc_bias", b_all.to(ref.dtype))
+            self.buffer(f"acc{k}_weight", as_pointwise_weight(w5[:, k * dc : (k + 1) * dc], ref))
+        self.buffer("acc_bias", b5.to(ref.dtype))
+        # ESA's squeeze as one 1x1 after the sum. Folding it into the sums instead (W_sq W_5, so
+        # the sums carry C + 2f channels) saves that pass but measured 6-11% slower overall:
+        # every running-sum step then reads and writes the wider tensor.
+        wsq, bsq = FusedESA.squeeze(esa)
+        self.buffer("sq_weight", as_pointwise_weight(wsq, ref))
+        self.buffer("sq_bias", bsq.to(ref.dtype))
         self.esa = FusedESA(esa)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -513,4 +514,4 @@ class FusedDistillation(FusedModule):
         r4 = self.r[3](r, act)
         assert acc is not None
         acc = fused_conv_add(r4, self.acc3_weight, None, acc, into_other=True)
-        return self.esa(acc, self.channels)
+        return self.esa(acc, fused_conv(acc, self.sq_weight, self.sq_bias))

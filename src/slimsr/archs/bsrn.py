@@ -141,7 +141,7 @@ class BSRN(nn.Module):
 
     def fuse_for_inference(self) -> FusedBSRN:
         """A new inference-only module computing this forward faster (see `FusedBSRN`)."""
-        return FusedBSRN(self)
+        return FusedBSRN(self).eval()
 
 
 class FusedESDB(FusedModule):
@@ -158,10 +158,11 @@ class FusedESDB(FusedModule):
             self.buffer("out_weight", as_pointwise_weight(w, block.cw))
             self.buffer("out_bias", b.to(block.cw.dtype))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, overwrite_input: bool = False) -> Tensor:
+        """The block's output; with `overwrite_input` the BSRN-S sum may reuse `x`'s memory."""
         y = self.body(x)
         if self.cca is None:
-            return fused_conv_add(y, self.out_weight, self.out_bias, x)
+            return fused_conv_add(y, self.out_weight, self.out_bias, x, into_other=overwrite_input)
         n, c = y.shape[:2]
         flat = y.permute(0, 2, 3, 1).reshape(n, -1, c)  # a view: y is channels-last
         mean = flat.mean(1)
@@ -203,7 +204,7 @@ class FusedBSRN(FusedModule):
         fea = self.fea_conv(channels_last(x))
         out, trunk = fea, None
         for i, block in enumerate(self.blocks):
-            out = block(out)
+            out = block(out, overwrite_input=i > 0)  # B1's input is the stem, needed at the end
             w = getattr(self, f"c1_weight{i}")
             if trunk is None:
                 trunk = fused_conv(out, w, self.c1_bias)

@@ -242,7 +242,7 @@ class FMEN(_FMENBase):
 
     def fuse_for_inference(self) -> FusedFMEN:
         """A new inference-only module computing this forward faster (see `FusedFMEN`)."""
-        return FusedFMEN(self)
+        return FusedFMEN(self).eval()
 
 
 _LEAKY = Act("leaky_relu", NEG_SLOPE)

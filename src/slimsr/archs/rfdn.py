@@ -80,7 +80,7 @@ class RFDN(nn.Module):
 
     def fuse_for_inference(self) -> FusedRFDN:
         """A new inference-only module computing this forward faster (see `FusedRFDN`)."""
-        return FusedRFDN(self)
+        return FusedRFDN(self).eval()
 
 
 class FusedRFDN(FusedModule):
