@@ -193,8 +193,8 @@ class DistillationBlock(nn.Module):
 # than on NCHW); each concatenation feeding a 1x1 conv replaced by a running sum of 1x1 convs
 # over the parts, so no concatenated copy is allocated; chains of linear layers folded into
 # one; `conv(x) + x` as one conv; activations and residual additions in place; and, for
-# float32 on a CPU, oneDNN's fused conv + activation and conv + add kernels. Their tensors are non-persistent buffers: a fused
-# module is never trained and never saved (its state_dict is empty).
+# float32 on a CPU, oneDNN's fused conv + activation and conv + add kernels. Their tensors are
+# non-persistent buffers: a fused module is never trained and never saved (empty state_dict).
 
 _ONEDNN_FUSION = torch.backends.mkldnn.is_available() and hasattr(
     torch.ops.mkldnn, "_convolution_pointwise"
@@ -341,10 +341,13 @@ class FusedModule(nn.Module):
 class FusedConv(FusedModule):
     """A 3x3 layer of a trunk: a plain conv, or a BSConvU (pointwise, then depthwise).
 
-    `pw_weight` replaces a BSConvU's pointwise matrix (used to fold input replication).
+    `pw_weight` replaces a BSConvU's pointwise matrix (used to fold input replication);
+    `residual` prepares `residual()` (act(conv(x) + x)) for a plain conv.
     """
 
-    def __init__(self, layer: nn.Module, pw_weight: Tensor | None = None) -> None:
+    def __init__(
+        self, layer: nn.Module, pw_weight: Tensor | None = None, residual: bool = False
+    ) -> None:
         super().__init__()
         self.separable = isinstance(layer, BSConvU)
         conv = layer.dw if isinstance(layer, BSConvU) else layer
@@ -358,7 +361,8 @@ class FusedConv(FusedModule):
         # step reads pw(x), not x.
         k = conv.kernel_size
         self.identity_folded = (
-            not self.separable
+            residual
+            and not self.separable
             and conv.groups == 1
             and conv.in_channels == conv.out_channels
             and conv.stride == (1, 1)
@@ -481,7 +485,9 @@ class FusedDistillation(FusedModule):
             w, b = linear_of(getattr(block, f"c{i}_d"))
             self.buffer(f"d{i}_weight", as_pointwise_weight(w, ref))
             self.buffer(f"d{i}_bias", b.to(ref.dtype))
-        self.r = nn.ModuleList(FusedConv(getattr(block, n)) for n in ("c1_r", "c2_r", "c3_r", "c4"))
+        self.r = nn.ModuleList(
+            FusedConv(getattr(block, n), residual=n != "c4") for n in ("c1_r", "c2_r", "c3_r", "c4")
+        )
         w5, b5 = linear_of(block.c5)
         dc = w5.shape[1] // 4
         for k in range(4):
