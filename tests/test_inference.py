@@ -12,7 +12,15 @@ import torch
 from torch import nn
 
 import slimsr
-from slimsr.archs.blocks import Act, FusedModule, fused_conv_add
+from slimsr.archs.blocks import (
+    Act,
+    BSConvU,
+    ChannelsLastPixelShuffle,
+    FusedConv,
+    FusedModule,
+    Workspace,
+    fused_conv_add,
+)
 from slimsr.errors import SlimsrError
 from slimsr.inference import (
     default_fuse,
@@ -151,3 +159,57 @@ def test_fused_building_blocks_refuse_what_they_cannot_do() -> None:
     w = torch.rand(4, 4, 3, 3)
     with pytest.raises(ValueError, match="its own input"):
         fused_conv_add(x, w, None, x, padding=1, into_other=True)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 6), (2, 2), (7, 9)])
+def test_pointwise_bias_moved_into_the_depthwise_step(size: tuple[int, int]) -> None:
+    """BSRN-S's residual BSConvU: the pointwise bias folded into the depthwise bias with the
+    border taps corrected gives act(dw(pw(x)) + x) exactly, down to 1-pixel images (where
+    every tap but the centre row/column lies on the padding)."""
+    torch.manual_seed(0)
+    layer = BSConvU(6, 6, linear_pw=True).eval()
+    with torch.no_grad():
+        layer.pw.bias.normal_(0, 3.0)  # large, so a missed border term could not hide
+    fused = FusedConv(layer, residual=True)
+    assert fused.bias_folded
+    x = torch.randn(2, 6, *size).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        expected = nn.functional.gelu(layer(x) + x)
+        pw_out = Workspace().get("p", x, 6)
+        out = torch.empty_like(x)
+        got = fused.separable_residual(x, Act("gelu"), out=out, pw_out=pw_out)
+        assert got.data_ptr() == out.data_ptr()  # written where it was told
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+        twin = x.clone()  # in place over its own input
+        torch.testing.assert_close(
+            fused.separable_residual(twin, Act("gelu"), twin, pw_out), expected, rtol=0, atol=1e-5
+        )
+
+
+def test_unfoldable_pointwise_bias_stays_in_the_gemm() -> None:
+    layer = BSConvU(4, 4, kernel_size=5, padding=2, linear_pw=True).eval()
+    fused = FusedConv(layer, residual=True)
+    assert not fused.bias_folded
+    x = torch.randn(1, 4, 6, 6).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        got = fused.separable_residual(x, Act(), torch.empty_like(x), torch.empty_like(x))
+        torch.testing.assert_close(got, layer(x) + x, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+def test_channels_last_pixel_shuffle(scale: int, layout: torch.memory_format) -> None:
+    x = torch.randn(2, 3 * scale * scale, 5, 7).contiguous(memory_format=layout)
+    out = ChannelsLastPixelShuffle(scale)(x)
+    assert torch.equal(out, nn.functional.pixel_shuffle(x, scale))
+    assert out.is_contiguous()
+
+
+def test_workspace_reuses_a_buffer_only_for_the_same_shape() -> None:
+    ws = Workspace()
+    x = torch.rand(1, 3, 8, 8)
+    a = ws.get("t", x, 5)
+    assert a.shape == (1, 5, 8, 8) and a.is_contiguous(memory_format=torch.channels_last)
+    assert ws.get("t", x, 5) is a
+    assert ws.get("t", torch.rand(1, 3, 9, 8), 5) is not a
+    assert ws.get("u", x, 5) is not ws.get("t", x, 5)

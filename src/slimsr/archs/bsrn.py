@@ -25,12 +25,14 @@ from slimsr.archs.blocks import (
     BSConvU,
     CCALayer,
     ChannelLinear,
+    ChannelsLastPixelShuffle,
     ConvFactory,
     DistillationBlock,
     FusedConv,
     FusedDistillation,
     FusedModule,
     OneStepUpsampler,
+    Workspace,
     as_pointwise_weight,
     channels_last,
     conv1x1,
@@ -158,9 +160,11 @@ class FusedESDB(FusedModule):
             self.buffer("out_weight", as_pointwise_weight(w, block.cw))
             self.buffer("out_bias", b.to(block.cw.dtype))
 
-    def forward(self, x: Tensor, overwrite_input: bool = False) -> Tensor:
+    def forward(
+        self, x: Tensor, overwrite_input: bool = False, workspace: Workspace | None = None
+    ) -> Tensor:
         """The block's output; with `overwrite_input` the BSRN-S sum may reuse `x`'s memory."""
-        y = self.body(x)
+        y = self.body(x, workspace)
         if self.cca is None:
             return fused_conv_add(y, self.out_weight, self.out_bias, x, into_other=overwrite_input)
         n, c = y.shape[:2]
@@ -198,13 +202,16 @@ class FusedBSRN(FusedModule):
         self.act = Act.of(net.GELU)
         self.c2 = FusedConv(net.c2)
         self.upsampler = FusedConv(net.upsampler.upsampleOneStep[0])
-        self.shuffle = copy.deepcopy(net.upsampler.upsampleOneStep[1])
+        self.shuffle = ChannelsLastPixelShuffle(net.upsampler.upsampleOneStep[1].upscale_factor)
 
     def forward(self, x: Tensor) -> Tensor:
         fea = self.fea_conv(channels_last(x))
         out, trunk = fea, None
+        workspace = Workspace()
         for i, block in enumerate(self.blocks):
-            out = block(out, overwrite_input=i > 0)  # B1's input is the stem, needed at the end
+            out = block(
+                out, overwrite_input=i > 0, workspace=workspace
+            )  # B1's input is the stem, needed at the end
             w = getattr(self, f"c1_weight{i}")
             if trunk is None:
                 trunk = fused_conv(out, w, self.c1_bias)

@@ -18,7 +18,6 @@ names `ERBs`/`HFABs` `basic_blocks`/`hfabs`, which the detector renames.
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -30,6 +29,7 @@ from torch import Tensor, nn
 from slimsr.archs._detect import has_all, indices, pixelshuffle_scale
 from slimsr.archs.blocks import (
     Act,
+    ChannelsLastPixelShuffle,
     FusedConv,
     FusedModule,
     OneStepUpsampler,
@@ -293,7 +293,7 @@ class FusedFMEN(FusedModule):
         self.hfabs = nn.ModuleList(FusedHFAB(h) for h in net.HFABs)
         self.lr_conv = FusedConv(net.lr_conv)
         self.tail = FusedConv(net.tail[0])
-        self.shuffle = copy.deepcopy(net.tail[1])
+        self.shuffle = ChannelsLastPixelShuffle(net.tail[1].upscale_factor)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.head(channels_last(x))

@@ -8,7 +8,6 @@ channels so x2 and x3 exist too (x4 is unchanged and loads the official weights)
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -18,6 +17,7 @@ from slimsr.archs._detect import has_all, indices, pixelshuffle_scale
 from slimsr.archs.blocks import (
     ESA,
     Act,
+    ChannelsLastPixelShuffle,
     DistillationBlock,
     FusedConv,
     FusedDistillation,
@@ -107,7 +107,7 @@ class FusedRFDN(FusedModule):
         self.act = Act.of(net.c[1])
         self.LR_conv = FusedConv(net.LR_conv)
         self.upsampler = FusedConv(net.upsampler[0])
-        self.shuffle = copy.deepcopy(net.upsampler[1])
+        self.shuffle = ChannelsLastPixelShuffle(net.upsampler[1].upscale_factor)
 
     def forward(self, x: Tensor) -> Tensor:
         fea = self.fea_conv(channels_last(x))
