@@ -214,3 +214,21 @@ def test_shipped_recipes_validate_and_follow_the_papers() -> None:
         else:
             assert isinstance(cfg.train.scheduler, MultiStepSchedule)
             assert cfg.train.scheduler.milestones == sched and cfg.train.scheduler.gamma == 0.5
+
+
+def test_relative_teacher_path_is_resolved_against_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plain training recipe with a `distill:` section names its teacher relative to where
+    `slimsr train` runs, like every other path; the saved config then works from anywhere."""
+    (tmp_path / "teachers").mkdir()
+    (tmp_path / "teachers" / "t.safetensors").write_bytes(b"")
+    data = tiny_recipe(tmp_path)
+    data["distill"] = {"teacher": "teachers/t.safetensors"}
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(data)
+    assert cfg.distill is not None
+    assert cfg.distill.teacher == tmp_path / "teachers" / "t.safetensors"
+    monkeypatch.chdir(REPO)
+    message = error_of(data)  # from elsewhere the relative name points nowhere
+    assert "distill.teacher" in message and "not found" in message

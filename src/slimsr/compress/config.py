@@ -34,8 +34,8 @@ from pydantic import (
 )
 
 from slimsr.errors import UnknownModelError
-from slimsr.train.config import _NAME as _NAME_RE
 from slimsr.train.config import (
+    RUN_NAME_PATTERN,
     ConfigError,
     ConstantSchedule,
     DataConfig,
@@ -43,13 +43,13 @@ from slimsr.train.config import (
     OptimConfig,
     ScheduleConfig,
     Section,
-    _check_path,
+    check_path,
 )
 from slimsr.train.recipe import (
-    _parse,
-    _resolve_paths,
     apply_override,
     parse_override,
+    parse_yaml_with_lines,
+    resolve_paths,
     validation_message,
 )
 
@@ -71,7 +71,7 @@ class CompressModelConfig(Section):
     @field_validator("pretrained")
     @classmethod
     def _exists(cls, v: Path | None, info: ValidationInfo) -> Path | None:
-        return _check_path(v, info, "file")
+        return check_path(v, info, "file")
 
     @field_validator("name")
     @classmethod
@@ -156,7 +156,7 @@ class DistillStageConfig(Section):
     @field_validator("teacher", "student_init")
     @classmethod
     def _exists(cls, v: Path | None, info: ValidationInfo) -> Path | None:
-        return _check_path(v, info, "file")
+        return check_path(v, info, "file")
 
 
 class CompressConfig(Section):
@@ -175,7 +175,7 @@ class CompressConfig(Section):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, v: str) -> str:
-        if not _NAME_RE.match(v):
+        if not RUN_NAME_PATTERN.match(v):
             raise ValueError("use letters, digits and _ . + - only (it names a folder)")
         return v
 
@@ -238,7 +238,7 @@ def load_compress_config(
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: cannot read the recipe ({exc})") from None
-        data, lines = _parse(text, name)
+        data, lines = parse_yaml_with_lines(text, name)
     if not isinstance(data, dict):
         raise ConfigError(f"{name}: a compression recipe is a YAML mapping of sections")
     overridden = []
@@ -246,7 +246,7 @@ def load_compress_config(
         loc, value = parse_override(text)
         apply_override(data, loc, value)
         overridden.append(loc)
-    _resolve_paths(data, base)
+    resolve_paths(data, base)
     distill = data.get("distill")
     for key in ("teacher", "student_init"):
         if isinstance(distill, dict) and isinstance(distill.get(key), str):

@@ -43,7 +43,7 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _check_path(value: Path | None, info: ValidationInfo, kind: str) -> Path | None:
+def check_path(value: Path | None, info: ValidationInfo, kind: str) -> Path | None:
     if value is None or not (info.context or {}).get("check_paths"):
         return value
     if kind == "dir" and not value.is_dir():
@@ -81,7 +81,7 @@ class ModelConfig(Section):
     @field_validator("pretrained")
     @classmethod
     def _pretrained_exists(cls, v: Path | None, info: ValidationInfo) -> Path | None:
-        return _check_path(v, info, "file")
+        return check_path(v, info, "file")
 
     @field_validator("name")
     @classmethod
@@ -121,7 +121,7 @@ class SourceConfig(Section):
     @field_validator("hr", "lr")
     @classmethod
     def _folder_exists(cls, v: Path | None, info: ValidationInfo) -> Path | None:
-        return _check_path(v, info, "dir")
+        return check_path(v, info, "dir")
 
 
 class TrainDataConfig(Section):
@@ -166,7 +166,7 @@ class ValDataConfig(Section):
     @field_validator("root", "hr", "lr")
     @classmethod
     def _folder_exists(cls, v: Path | None, info: ValidationInfo) -> Path | None:
-        return _check_path(v, info, "dir")
+        return check_path(v, info, "dir")
 
     @model_validator(mode="after")
     def _one_source(self) -> ValDataConfig:
@@ -355,7 +355,7 @@ class DistillConfig(Section):
     @field_validator("teacher")
     @classmethod
     def _teacher_exists(cls, v: Path, info: ValidationInfo) -> Path:
-        checked = _check_path(v, info, "file")
+        checked = check_path(v, info, "file")
         assert checked is not None
         return checked
 
@@ -399,7 +399,7 @@ class LoggingConfig(Section):
     )
 
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+RUN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
 class TrainConfig(Section):
@@ -426,7 +426,7 @@ class TrainConfig(Section):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, v: str) -> str:
-        if not _NAME.match(v):
+        if not RUN_NAME_PATTERN.match(v):
             raise ValueError("use letters, digits and _ . + - only (it names a folder)")
         return v
 

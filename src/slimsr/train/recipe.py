@@ -35,7 +35,7 @@ class _Loader(yaml.SafeLoader):
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
 
 
-def _parse(text: str, source: str) -> tuple[Any, dict[Loc, int]]:
+def parse_yaml_with_lines(text: str, source: str) -> tuple[Any, dict[Loc, int]]:
     """The document and the 1-based line of every key / list item in it."""
     loader = _Loader(text)
     try:
@@ -224,13 +224,14 @@ def validation_message(
 _PATH_KEYS: tuple[Loc, ...] = (
     ("output_dir",),
     ("model", "pretrained"),
+    ("distill", "teacher"),
     ("data", "val", "root"),
     ("data", "val", "hr"),
     ("data", "val", "lr"),
 )
 
 
-def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+def resolve_paths(data: dict[str, Any], base: Path) -> None:
     """Make relative paths absolute (relative to `base`, the working directory)."""
 
     def fix(container: Any, key: str | int) -> None:
@@ -285,7 +286,7 @@ def load_config(
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: cannot read the recipe ({exc})") from None
-        data, lines = _parse(text, name)
+        data, lines = parse_yaml_with_lines(text, name)
     if not isinstance(data, dict):
         raise ConfigError(f"{name}: a recipe is a YAML mapping of sections (model, data, train)")
     overridden: list[Loc] = []
@@ -293,7 +294,7 @@ def load_config(
         loc, value = parse_override(text)
         apply_override(data, loc, value)
         overridden.append(loc)
-    _resolve_paths(data, base)
+    resolve_paths(data, base)
     try:
         return TrainConfig.model_validate(data, context={"check_paths": check_paths})
     except ValidationError as exc:

@@ -1,0 +1,84 @@
+"""Copy a finished `slimsr compress` run into the package, with its recipe, report and metrics.
+
+    python scripts/ship_compressed.py RUN_DIR --produced-by TEXT [--shared ../shared]
+
+Takes the run's stage-3 artifact `student.safetensors` (the final EMA weights of the
+distillation; never a Set5-selected checkpoint) and writes, under
+`src/slimsr/weights/compressed/`, `{model}_x{S}.safetensors` + `.json` (the weights and their
+sidecar), `.compress.yaml` (the resolved recipe), `.density.json`, `.report.json` and
+`.metrics.json`: Set5 and Set14 Y-PSNR / SSIM under the BasicSR protocol (Set5 from its
+MATLAB-made LR files, Set14 with LR made by slimsr's MATLAB-exact bicubic) next to the paper's
+figures. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import slimsr
+from slimsr.evaluate import dataset_from_root, evaluate_dataset
+from slimsr.fileio import atomic_path, atomic_write_text
+
+COMPRESSED = Path(__file__).resolve().parents[1] / "src" / "slimsr" / "weights" / "compressed"
+
+PAPER = {
+    # Jiang et al. 2024, Table I (DIV2K, x2): Y-PSNR / SSIM.
+    "edsrmini": {"Set5": [37.67, 0.9597], "Set14": [33.21, 0.9141]},
+    "swinirmini": {"Set5": [37.88, 0.9601], "Set14": [33.60, 0.9187]},
+}
+
+
+def measure(model: slimsr.SRModel, shared: Path, scale: int) -> dict:
+    results = {}
+    for name, generate in (("Set5", False), ("Set14", True)):
+        root = shared / "datasets" / name
+        res = evaluate_dataset(model, dataset_from_root(root, scale, generate_lr=generate), scale)
+        results[name] = {
+            "psnr": round(res.mean("psnr"), 4),
+            "ssim": round(res.mean("ssim"), 4),
+            "bicubic_psnr": round(res.mean("bicubic_psnr"), 4),
+        }
+    return results
+
+
+def copy_atomic(src: Path, dst: Path) -> None:
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--produced-by", required=True, help="how the weights were made")
+    parser.add_argument("--shared", type=Path, default=Path("../shared"))
+    args = parser.parse_args()
+    run = args.run_dir
+    student = run / "student.safetensors"
+    if not student.is_file():
+        raise SystemExit(f"{student} does not exist: the run has not finished stage 3")
+    model = slimsr.load(student)
+    stem = f"{model.name}_x{model.scale}"
+    COMPRESSED.mkdir(parents=True, exist_ok=True)
+    copy_atomic(student, COMPRESSED / f"{stem}.safetensors")
+    copy_atomic(student.with_suffix(".json"), COMPRESSED / f"{stem}.json")
+    copy_atomic(run / "compress.yaml", COMPRESSED / f"{stem}.compress.yaml")
+    copy_atomic(run / "density.json", COMPRESSED / f"{stem}.density.json")
+    copy_atomic(run / "report.json", COMPRESSED / f"{stem}.report.json")
+    metrics = {
+        "model": model.name,
+        "scale": model.scale,
+        "params": model.num_parameters(),
+        "produced_by": args.produced_by,
+        "protocol": "basicsr (Y of BT.601, border = scale, SR as uint8); LR by MATLAB-exact bicubic",
+        "results": measure(model, args.shared, model.scale),
+        "paper (Jiang et al. 2024, Table I)": PAPER.get(model.name, {}),
+    }
+    atomic_write_text(COMPRESSED / f"{stem}.metrics.json", json.dumps(metrics, indent=2) + "\n")
+    print(json.dumps(metrics["results"], indent=2))
+
+
+if __name__ == "__main__":
+    main()
