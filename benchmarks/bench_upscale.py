@@ -48,13 +48,12 @@ def child(args: argparse.Namespace) -> None:
 
     import slimsr
     from slimsr.upscale import UpscaleOptions, upscale_rgb
-    from slimsr.weights import bundled_path, default_model
+    from slimsr.inference import prepare_for_inference
+    from slimsr.weights import default_model
 
     torch.set_num_threads(args.threads)
-    model = (
-        slimsr.load(args.weights) if args.weights else slimsr.load(bundled_path(default_model()))
-    )
-    model.eval()
+    model = slimsr.load(args.weights) if args.weights else default_model()
+    model = prepare_for_inference(model)  # what `slimsr upscale` runs
     x = synthetic_image(args.size)
     opts = UpscaleOptions(tile=args.tile, overlap=args.overlap)
     before = peak_rss_mb()

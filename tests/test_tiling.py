@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import slimsr
-from slimsr.tiling import count_tiles, edge_ramp, tile_starts, upscale_tiled
+from slimsr.tiling import count_tiles, edge_ramp, fitted_tile, tile_starts, tiles, upscale_tiled
 
 
 @pytest.mark.parametrize(
@@ -24,6 +24,26 @@ def test_tiles_cover_everything_with_at_least_the_overlap(length, tile, overlap)
     assert covered.all() and starts[0] == 0 and starts[-1] + min(tile, length) == length
     for a, b in itertools.pairwise(starts):
         assert a + tile - b >= overlap
+
+
+def test_fitted_tiles_need_no_more_tiles_and_far_less_work() -> None:
+    assert fitted_tile(512, 256, 16) == 182  # 3 tiles per side either way
+    assert fitted_tile(100, 200, 8) == 100 and fitted_tile(100, 100, 8) == 100
+    for length, tile, overlap in itertools.product(
+        (17, 64, 100, 257, 512), (16, 33, 64), (0, 4, 8)
+    ):
+        fitted = fitted_tile(length, tile, overlap)
+        assert fitted <= tile
+        starts = tile_starts(length, fitted, overlap)
+        assert len(starts) == len(tile_starts(length, tile, overlap))
+        covered = torch.zeros(length, dtype=torch.bool)
+        for s in starts:
+            covered[s : s + fitted] = True
+        assert covered.all()
+        for a, b in itertools.pairwise(starts):
+            assert a + fitted - b >= overlap - 1  # rounding of the even spread: at most 1 px
+    work = sum(th * tw for _, _, th, tw in tiles(512, 512, 256, 16))
+    assert work / 512**2 < 1.2  # fixed 256-px tiles would be 2.25x
 
 
 def test_window_weights_sum_to_one_in_overlaps_and_are_one_inside() -> None:
@@ -72,7 +92,8 @@ def test_out_of_memory_retries_with_smaller_tiles() -> None:
 
     x = torch.rand(3, 96, 80)
     y = upscale_rgb(SmallMemory(), x, UpscaleOptions(tile=0, overlap=8))
-    assert seen[:2] == [96, 48] and max(seen[2:]) == 24  # whole and 48 fail, 24-px tiles fit
+    # whole and 48-px tiles (fitted to 44 x 38) fail, 24-px tiles fit
+    assert seen[0] == 96 and seen[1] == 44 and max(seen[2:]) <= 24
     with torch.inference_mode():
         whole = model(x[None]).clamp(0, 1)[0]
     close = (y - whole).abs() <= 1 / 255

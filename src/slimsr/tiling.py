@@ -32,6 +32,22 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     return [round(i * (length - tile) / (count - 1)) for i in range(count)]
 
 
+def fitted_tile(length: int, tile: int, overlap: int) -> int:
+    """The smallest tile side (<= `tile`) that covers `length` with as many tiles as `tile`
+    needs, overlapping by >= `overlap`.
+
+    Spreading fixed-size tiles evenly wastes work: a 512 px side in 256 px tiles with a 16 px
+    overlap needs 3 tiles, and at 256 px each they overlap by 128 px (2.25x the pixels of the
+    image in 2-D); 3 tiles of 182 px do the same job at 1.13x. Smaller tiles also lower the
+    memory peak, so a budget-derived tile stays within its budget.
+    """
+    if tile >= length:
+        return length
+    step = max(1, tile - overlap)
+    count = math.ceil((length - tile) / step) + 1
+    return min(tile, math.ceil((length + (count - 1) * overlap) / count))
+
+
 def edge_ramp(length: int, overlap: int, at_start: bool, at_end: bool) -> Tensor:
     """1-D weights of one tile: 1 inside, fading to 0 towards sides shared with a neighbour."""
     w = torch.ones(length, dtype=torch.float64)
@@ -51,14 +67,16 @@ def edge_ramp(length: int, overlap: int, at_start: bool, at_end: bool) -> Tensor
 
 
 def tiles(h: int, w: int, tile: int, overlap: int) -> Iterator[tuple[int, int, int, int]]:
-    """(top, left, height, width) of every tile, row by row."""
-    for top in tile_starts(h, tile, overlap):
-        for left in tile_starts(w, tile, overlap):
-            yield top, left, min(tile, h), min(tile, w)
+    """(top, left, height, width) of every tile, row by row (sides fitted: `fitted_tile`)."""
+    overlap = max(0, min(overlap, tile // 2))
+    th, tw = fitted_tile(h, tile, overlap), fitted_tile(w, tile, overlap)
+    for top in tile_starts(h, th, overlap):
+        for left in tile_starts(w, tw, overlap):
+            yield top, left, th, tw
 
 
 def count_tiles(h: int, w: int, tile: int, overlap: int) -> int:
-    return len(tile_starts(h, tile, overlap)) * len(tile_starts(w, tile, overlap))
+    return sum(1 for _ in tiles(h, w, tile, overlap))
 
 
 def upscale_tiled(
@@ -80,17 +98,14 @@ def upscale_tiled(
     overlap = max(0, min(overlap, tile // 2))
     out = torch.zeros(n, c, h * scale, w * scale, dtype=torch.float32, device=x.device)
     weight = torch.zeros(1, 1, h * scale, w * scale, dtype=torch.float32, device=x.device)
-    tops, lefts = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
-    for top in tops:
-        for left in lefts:
-            th, tw = min(tile, h), min(tile, w)
-            y = upscale(x[..., top : top + th, left : left + tw]).float()
-            wy = edge_ramp(th * scale, overlap * scale, top > 0, top + th < h)
-            wx = edge_ramp(tw * scale, overlap * scale, left > 0, left + tw < w)
-            win = (wy[:, None] * wx[None, :]).to(torch.float32).to(x.device)[None, None]
-            ys, xs = top * scale, left * scale
-            out[..., ys : ys + th * scale, xs : xs + tw * scale] += y * win
-            weight[..., ys : ys + th * scale, xs : xs + tw * scale] += win
-            if on_tile is not None:
-                on_tile()
+    for top, left, th, tw in tiles(h, w, tile, overlap):
+        y = upscale(x[..., top : top + th, left : left + tw]).float()
+        wy = edge_ramp(th * scale, overlap * scale, top > 0, top + th < h)
+        wx = edge_ramp(tw * scale, overlap * scale, left > 0, left + tw < w)
+        win = (wy[:, None] * wx[None, :]).to(torch.float32).to(x.device)[None, None]
+        ys, xs = top * scale, left * scale
+        out[..., ys : ys + th * scale, xs : xs + tw * scale] += y * win
+        weight[..., ys : ys + th * scale, xs : xs + tw * scale] += win
+        if on_tile is not None:
+            on_tile()
     return out.div_(weight.clamp_min_(1e-12))  # in place: the output is the big buffer here
