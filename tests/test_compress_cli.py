@@ -19,6 +19,8 @@ from tests.test_train_cli import assert_one_line_error, slimsr_here
 from tests.test_train_resume import straight_and_resumed
 from tests.train_utils import assert_same_optimizer, assert_same_tensors, write_images
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
 ORIGINAL = {"num_feat": 8, "num_block": 4}
 
 
@@ -219,3 +221,17 @@ def test_distillation_and_obproxsg_resume_bit_exactly(tmp_path: Path) -> None:
     assert a["optimizer"]["param_groups"][0]["step"] == 8
     assert a["teacher"]["sha256"] == b["teacher"]["sha256"]
     assert any(int((p == 0).sum()) for p in a["params"].values())  # OBProx-SG zeros
+
+
+@pytest.mark.parametrize(
+    "recipe", sorted(p.name for p in (REPO_ROOT / "configs").glob("compress_*.yaml"))
+)
+def test_shipped_compress_recipes_validate(recipe: str) -> None:
+    """Every shipped recipe parses strictly (unknown keys are errors) and sizes to its model."""
+    from slimsr.compress import load_compress_config
+
+    cfg = load_compress_config(
+        REPO_ROOT / "configs" / recipe, check_paths=False, base_dir=REPO_ROOT
+    )
+    assert cfg.name == recipe.removesuffix(".yaml")
+    assert cfg.distill.train.iterations > 0
