@@ -18,10 +18,11 @@ def conv3x3(in_ch: int, out_ch: int, bias: bool = True) -> nn.Conv2d:
 
 
 class ChannelsLastPixelShuffle(nn.PixelShuffle):
-    """`nn.PixelShuffle` that reads a channels-last tensor as it lies and writes a contiguous
-    NCHW image in one copy (torch's kernel on channels-last input measured 1.4x slower at 48
-    channels, 256x256, up to 19 ms per call on EDSRmini's 64-channel x4 tail at 512x512, and
-    returns a strided result). Other layouts take torch's kernel; results are identical."""
+    """`nn.PixelShuffle` for a network's last op: reads a channels-last tensor as it lies and
+    writes a contiguous NCHW image in one copy (torch's kernel on channels-last input keeps
+    the layout and measured 1.4x slower at 48 channels, 256x256). Where a conv reads the result,
+    keep torch's (see `PixelShuffleUpsampler`). Other layouts take torch's kernel; results are
+    identical."""
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or not x.is_contiguous(memory_format=torch.channels_last):
@@ -35,6 +36,10 @@ class ChannelsLastPixelShuffle(nn.PixelShuffle):
 class PixelShuffleUpsampler(nn.Sequential):
     """Conv + PixelShuffle stages (EDSR `tail.0`, SwinIR `upsample`): x2^n or x3.
 
+    torch's own shuffle here: a conv reads its output, and on channels-last input torch's
+    kernel writes channels-last (`ChannelsLastPixelShuffle`'s NCHW output made the next conv
+    convert it back: EDSRmini x4 1.4x slower).
+
     Keys are `0` (conv) / `2` (second conv for x4...), exactly as the official Sequential.
     """
 
@@ -42,9 +47,9 @@ class PixelShuffleUpsampler(nn.Sequential):
         layers: list[nn.Module] = []
         if scale & (scale - 1) == 0:  # power of two
             for _ in range(int(math.log2(scale))):
-                layers += [conv3x3(num_feat, 4 * num_feat), ChannelsLastPixelShuffle(2)]
+                layers += [conv3x3(num_feat, 4 * num_feat), nn.PixelShuffle(2)]
         elif scale == 3:
-            layers += [conv3x3(num_feat, 9 * num_feat), ChannelsLastPixelShuffle(3)]
+            layers += [conv3x3(num_feat, 9 * num_feat), nn.PixelShuffle(3)]
         else:
             raise ValueError(f"PixelShuffleUpsampler supports scales 2^n and 3, not {scale}")
         super().__init__(*layers)
