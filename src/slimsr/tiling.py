@@ -97,15 +97,28 @@ def upscale_tiled(
         return upscale(x)
     overlap = max(0, min(overlap, tile // 2))
     out = torch.zeros(n, c, h * scale, w * scale, dtype=torch.float32, device=x.device)
-    weight = torch.zeros(1, 1, h * scale, w * scale, dtype=torch.float32, device=x.device)
+    # The tiles are a grid (every row of tiles has the same lefts), so the summed window is
+    # the outer product of a row profile and a column profile: two vectors, not a full-size map
+    # (268 MB at a 8192x8192 output).
+    row_sum = torch.zeros(h * scale, dtype=torch.float64)
+    col_sum = torch.zeros(w * scale, dtype=torch.float64)
+    rows_seen: set[int] = set()
+    cols_seen: set[int] = set()
     for top, left, th, tw in tiles(h, w, tile, overlap):
         y = upscale(x[..., top : top + th, left : left + tw]).float()
         wy = edge_ramp(th * scale, overlap * scale, top > 0, top + th < h)
         wx = edge_ramp(tw * scale, overlap * scale, left > 0, left + tw < w)
-        win = (wy[:, None] * wx[None, :]).to(torch.float32).to(x.device)[None, None]
         ys, xs = top * scale, left * scale
-        out[..., ys : ys + th * scale, xs : xs + tw * scale] += y * win
-        weight[..., ys : ys + th * scale, xs : xs + tw * scale] += win
+        if top not in rows_seen:
+            rows_seen.add(top)
+            row_sum[ys : ys + th * scale] += wy
+        if left not in cols_seen:
+            cols_seen.add(left)
+            col_sum[xs : xs + tw * scale] += wx
+        win = (wy[:, None] * wx[None, :]).to(torch.float32).to(x.device)[None, None]
+        out[..., ys : ys + th * scale, xs : xs + tw * scale].addcmul_(y, win)
         if on_tile is not None:
             on_tile()
-    return out.div_(weight.clamp_min_(1e-12))  # in place: the output is the big buffer here
+    # in place: the output is the big buffer here
+    out.div_(row_sum.clamp_min_(1e-12).to(out.device, torch.float32).view(-1, 1))
+    return out.div_(col_sum.clamp_min_(1e-12).to(out.device, torch.float32))
