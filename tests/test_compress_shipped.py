@@ -23,13 +23,25 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-def test_shipped_edsrmini_has_the_sized_shape_and_reproduces_its_metrics() -> None:
-    model = slimsr.load(COMPRESSED / "edsrmini_x2.safetensors")
-    assert model.info.name == "edsrmini" and model.scale == 2
-    assert model.num_parameters() == 49_603  # (N_c, N_l, N_b) = (16, 1, 8) at x2
-    compact = json.loads((COMPRESSED / "edsrmini_x2.report.json").read_text())
-    assert "edsrmini" in json.dumps(compact)
-    metrics = json.loads((COMPRESSED / "edsrmini_x2.metrics.json").read_text())
+@pytest.mark.parametrize(
+    ("name", "params", "dims"),
+    [
+        ("edsrmini", 49_603, {"N_c": 16, "N_l": 1, "N_b": 8}),
+    ],
+)
+def test_shipped_compressed_model_has_the_sized_shape_and_reproduces_its_metrics(
+    name: str, params: int, dims: dict[str, int]
+) -> None:
+    model = slimsr.load(COMPRESSED / f"{name}_x2.safetensors")
+    assert model.info.name == name and model.scale == 2
+    assert model.num_parameters() == params
+    report = json.loads((COMPRESSED / f"{name}_x2.report.json").read_text())
+    assert report["dims"]["compact"] == dims  # what stage 2 computed is what was trained
+    sidecar = json.loads((COMPRESSED / f"{name}_x2.json").read_text())
+    assert sidecar["compression"]["dims"] == dims
+    metrics = json.loads((COMPRESSED / f"{name}_x2.metrics.json").read_text())
+    assert metrics["params"] == params
     res = evaluate_dataset(model, dataset_from_root(shared_file("datasets", "Set5"), 2), 2)
     assert res.mean("psnr") == pytest.approx(metrics["results"]["Set5"]["psnr"], abs=2e-3)
     assert res.mean("ssim") == pytest.approx(metrics["results"]["Set5"]["ssim"], abs=2e-4)
+    assert res.mean("psnr") > res.mean("bicubic_psnr") + 2.0  # a trained model, not noise
