@@ -16,7 +16,6 @@ Relative paths are resolved against the working directory, as in training recipe
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -45,13 +44,7 @@ from slimsr.train.config import (
     Section,
     check_path,
 )
-from slimsr.train.recipe import (
-    apply_override,
-    parse_override,
-    parse_yaml_with_lines,
-    resolve_paths,
-    validation_message,
-)
+from slimsr.train.recipe import read_recipe
 
 
 class CompressModelConfig(Section):
@@ -224,35 +217,10 @@ def load_compress_config(
 
     Errors are one-line `ConfigError`s naming the file, line and key, as for training recipes.
     """
-    base = Path.cwd() if base_dir is None else Path(base_dir)
-    if isinstance(source, Mapping):
-        data: Any = json.loads(json.dumps(dict(source), default=str))
-        lines: dict = {}
-        name = "config"
-    else:
-        path = Path(source)
-        name = str(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: recipe file not found")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: cannot read the recipe ({exc})") from None
-        data, lines = parse_yaml_with_lines(text, name)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{name}: a compression recipe is a YAML mapping of sections")
-    overridden = []
-    for text in overrides:
-        loc, value = parse_override(text)
-        apply_override(data, loc, value)
-        overridden.append(loc)
-    resolve_paths(data, base)
-    distill = data.get("distill")
-    for key in ("teacher", "student_init"):
-        if isinstance(distill, dict) and isinstance(distill.get(key), str):
-            p = Path(distill[key]).expanduser()
-            distill[key] = str(p if p.is_absolute() else (base / p).resolve())
+    doc = read_recipe(
+        source, overrides, base_dir, "a compression recipe is a YAML mapping of sections"
+    )
     try:
-        return CompressConfig.model_validate(data, context={"check_paths": check_paths})
+        return CompressConfig.model_validate(doc.data, context={"check_paths": check_paths})
     except ValidationError as exc:
-        raise ConfigError(validation_message(exc, data, lines, overridden, name)) from None
+        raise ConfigError(doc.error_message(exc)) from None

@@ -13,6 +13,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -225,6 +226,7 @@ _PATH_KEYS: tuple[Loc, ...] = (
     ("output_dir",),
     ("model", "pretrained"),
     ("distill", "teacher"),
+    ("distill", "student_init"),  # compression recipes
     ("data", "val", "root"),
     ("data", "val", "hr"),
     ("data", "val", "lr"),
@@ -272,6 +274,38 @@ def load_config(
     resolved config saved in the run folder still works from anywhere. Raises `ConfigError`
     with one line naming the file, line and key.
     """
+    doc = read_recipe(
+        source, overrides, base_dir, "a recipe is a YAML mapping of sections (model, data, train)"
+    )
+    try:
+        return TrainConfig.model_validate(doc.data, context={"check_paths": check_paths})
+    except ValidationError as exc:
+        raise ConfigError(doc.error_message(exc)) from None
+
+
+@dataclass
+class RecipeDocument:
+    """A recipe file as parsed, before validation: what error messages need to name places."""
+
+    data: dict[str, Any]
+    lines: dict[Loc, int]  # 1-based line of every key / list item
+    name: str  # the file, or "config" for a dict
+    overridden: list[Loc]  # keys set by `--set`
+
+    def error_message(self, exc: ValidationError) -> str:
+        return validation_message(exc, self.data, self.lines, self.overridden, self.name)
+
+
+def read_recipe(
+    source: str | Path | Mapping[str, Any],
+    overrides: Sequence[str],
+    base_dir: Path | None,
+    not_a_mapping: str,
+) -> RecipeDocument:
+    """Read a recipe (YAML file or dict), apply `--set` overrides and make its relative paths
+    absolute against `base_dir` (default: the working directory). Shared by every kind of
+    recipe (training, compression); `not_a_mapping` ends the error for a non-mapping document.
+    """
     base = Path.cwd() if base_dir is None else Path(base_dir)
     if isinstance(source, Mapping):
         data: Any = json.loads(json.dumps(dict(source), default=str))
@@ -288,17 +322,14 @@ def load_config(
             raise ConfigError(f"{path}: cannot read the recipe ({exc})") from None
         data, lines = parse_yaml_with_lines(text, name)
     if not isinstance(data, dict):
-        raise ConfigError(f"{name}: a recipe is a YAML mapping of sections (model, data, train)")
+        raise ConfigError(f"{name}: {not_a_mapping}")
     overridden: list[Loc] = []
     for text in overrides:
         loc, value = parse_override(text)
         apply_override(data, loc, value)
         overridden.append(loc)
     resolve_paths(data, base)
-    try:
-        return TrainConfig.model_validate(data, context={"check_paths": check_paths})
-    except ValidationError as exc:
-        raise ConfigError(validation_message(exc, data, lines, overridden, name)) from None
+    return RecipeDocument(data, lines, name, overridden)
 
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:
