@@ -43,6 +43,7 @@ from slimsr.train.config import (
     ScheduleConfig,
     Section,
     check_path,
+    check_provided_scale,
 )
 from slimsr.train.recipe import read_recipe
 
@@ -82,13 +83,7 @@ class CompressModelConfig(Section):
     @field_validator("scale")
     @classmethod
     def _provided_scale(cls, v: int, info: ValidationInfo) -> int:
-        from slimsr.registry import get_model_info
-
-        name = info.data.get("name")
-        if name is not None and v not in get_model_info(name).scales:
-            scales = ", ".join(str(s) for s in get_model_info(name).scales)
-            raise ValueError(f"{name} provides scales {scales}, not {v}")
-        return v
+        return check_provided_scale(v, info)
 
 
 class PruneStageConfig(Section):

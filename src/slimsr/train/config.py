@@ -53,6 +53,17 @@ def check_path(value: Path | None, info: ValidationInfo, kind: str) -> Path | No
     return value
 
 
+def check_provided_scale(scale: int, info: ValidationInfo) -> int:
+    """A `scale` validator: the model named in the same section must provide `scale`."""
+    from slimsr.registry import get_model_info
+
+    name = info.data.get("name")
+    if name is not None and scale not in get_model_info(name).scales:
+        scales = ", ".join(str(s) for s in get_model_info(name).scales)
+        raise ValueError(f"{name} provides scales {scales}, not {scale}")
+    return scale
+
+
 # -- model ----------------------------------------------------------------------------------------
 
 
@@ -96,13 +107,7 @@ class ModelConfig(Section):
     @field_validator("scale")
     @classmethod
     def _provided_scale(cls, v: int, info: ValidationInfo) -> int:
-        from slimsr.registry import get_model_info
-
-        name = info.data.get("name")
-        if name is not None and v not in get_model_info(name).scales:
-            scales = ", ".join(str(s) for s in get_model_info(name).scales)
-            raise ValueError(f"{name} provides scales {scales}, not {v}")
-        return v
+        return check_provided_scale(v, info)
 
 
 # -- data -----------------------------------------------------------------------------------------
