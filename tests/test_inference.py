@@ -213,3 +213,28 @@ def test_workspace_reuses_a_buffer_only_for_the_same_shape() -> None:
     assert ws.get("t", x, 5) is a
     assert ws.get("t", torch.rand(1, 3, 9, 8), 5) is not a
     assert ws.get("u", x, 5) is not ws.get("t", x, 5)
+
+
+def test_prepacked_weights_follow_the_tensor() -> None:
+    """oneDNN-layout copies of conv weights are cached per tensor: an in-place change of the
+    weight is seen, and the cache entry goes with the tensor."""
+    from slimsr.archs import blocks
+    from slimsr.archs.blocks import fused_conv
+
+    x = torch.rand(1, 4, 9, 7).contiguous(memory_format=torch.channels_last)
+    w = torch.rand(6, 4, 3, 3).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        torch.testing.assert_close(
+            fused_conv(x, w, None, padding=1), nn.functional.conv2d(x, w, None, 1, 1)
+        )
+    with torch.no_grad():
+        w.mul_(-2)
+    with torch.inference_mode():
+        torch.testing.assert_close(
+            fused_conv(x, w, None, padding=1), nn.functional.conv2d(x, w, None, 1, 1)
+        )
+    if blocks._onednn(x):
+        assert id(w) in blocks._PACKED
+        key = id(w)
+        del w
+        assert key not in blocks._PACKED

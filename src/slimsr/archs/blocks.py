@@ -6,6 +6,7 @@ Module attribute names follow the official code so that state-dict keys stay off
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -277,6 +278,29 @@ class Act:
 NO_ACT = Act()
 
 
+_PACKED: dict[int, tuple[weakref.ref[Tensor], int, Tensor]] = {}
+
+
+def _packed(weight: Tensor, padding: int, stride: int, groups: int, x: Tensor) -> Tensor:
+    """`weight` reordered once into oneDNN's own layout for this conv (cached per tensor,
+    dropped with it).
+
+    Given a plain tensor, oneDNN reorders the weights on every call; prepacked, the call skips
+    that (measured 1-5% of a fused BSRN / BSRN-S forward, ~20 us per call). The layout is
+    chosen for the first input's shape; other shapes stay correct (oneDNN converts if needed).
+    """
+    key = id(weight)
+    entry = _PACKED.get(key)
+    if entry is not None and entry[0]() is weight and entry[1] == weight._version:
+        return entry[2]  # same tensor, not modified in place since
+    packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
+        weight.to_mkldnn(), [padding, padding], [stride, stride], [1, 1], groups, list(x.shape)
+    )
+    ref = weakref.ref(weight, lambda _, k=key: _PACKED.pop(k, None))
+    _PACKED[key] = (ref, weight._version, packed)
+    return packed
+
+
 def fused_conv(
     x: Tensor,
     weight: Tensor,
@@ -291,8 +315,9 @@ def fused_conv(
     if _onednn(x):
         attr, scalars, algorithm = act.post_op()
         pad, st = [padding, padding], [stride, stride]
+        packed = _packed(weight, padding, stride, groups, x)
         return torch.ops.mkldnn._convolution_pointwise(
-            x, weight, bias, pad, st, [1, 1], groups, attr, scalars, algorithm
+            x, packed, bias, pad, st, [1, 1], groups, attr, scalars, algorithm
         )
     return act(F.conv2d(x, weight, bias, stride, padding, 1, groups))
 
@@ -315,8 +340,9 @@ def fused_conv_add(
         # The out-of-place oneDNN kernel measured slower than a copy of `other` plus the
         # in-place one (1.5 vs 1.1 ms for a 48-channel depthwise conv at 256x256, 2 threads).
         target = other if into_other else other.clone(memory_format=torch.preserve_format)
+        packed = _packed(weight, padding, 1, groups, x)
         return torch.ops.mkldnn._convolution_pointwise_.binary(
-            target, x, weight, bias, pad, [1, 1], [1, 1], groups, "add", None, None, [], None
+            target, x, packed, bias, pad, [1, 1], [1, 1], groups, "add", None, None, [], None
         )
     y = F.conv2d(x, weight, bias, 1, padding, 1, groups)
     return other.add_(y) if into_other else y.add_(other)
