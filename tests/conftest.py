@@ -31,3 +31,14 @@ def official_weight(filename: str) -> Path:
 def _deterministic() -> None:
     torch.manual_seed(0)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for a test module (`pytestmark = pytest.mark.usefixtures(...)`):
+    tiny tensors gain nothing from threads, a busy CPU stalls thread barriers, and bit-exact
+    comparisons stay free of the BLAS library's thread partitioning."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -24,13 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 ORIGINAL = {"num_feat": 8, "num_block": 4}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy CPU thread barriers stall."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def setup_recipe(tmp: Path, name: str = "cmp", **sections: Any) -> Path:

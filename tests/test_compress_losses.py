@@ -14,14 +14,7 @@ from slimsr.train.losses import (
     laplacian_pyramid,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy CPU thread barriers stall."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def checkerboard(h: int, w: int) -> torch.Tensor:

@@ -16,13 +16,7 @@ from tests.train_utils import tiny_recipe
 LAM = 0.1
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy CPU thread barriers stall."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def lasso_problem(n: int = 200, d: int = 20) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

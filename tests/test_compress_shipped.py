@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 import slimsr
 from slimsr.evaluate import dataset_from_root, evaluate_dataset
@@ -15,12 +14,7 @@ from tests.conftest import shared_file
 COMPRESSED = Path(slimsr.__file__).resolve().parent / "weights" / "compressed"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize(

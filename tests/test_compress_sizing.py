@@ -20,14 +20,7 @@ from slimsr.compress import (
 from slimsr.model import SRModel
 from slimsr.registry import count_parameters, get_model_info, list_models
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy CPU thread barriers stall."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def meta_model(name: str, scale: int = 2, **kwargs) -> SRModel:

@@ -31,14 +31,7 @@ Trainer(cfg, callbacks=[hook]).run()
 """
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Bit-exactness is about the training state; keep the BLAS library's own thread
-    partitioning (MKL may vary it between runs) out of the comparison."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_child(recipe: dict, tmp: Path, at: int) -> subprocess.CompletedProcess:
