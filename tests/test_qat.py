@@ -204,14 +204,6 @@ def test_recipe_validation(tmp_path) -> None:
     assert bundled.train.scheduler.milestones == [50000, 100000, 150000]
 
 
-@pytest.fixture(autouse=False)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_qat_through_the_engine_runs_exports_ranges_and_resumes(tmp_path, one_thread) -> None:
     n = 4
     straight = train(load_config(qat_recipe(tmp_path, "straight", train__iterations=n)))
