@@ -8,7 +8,9 @@ distillation; never a Set5-selected checkpoint) and writes, under
 sidecar), `.compress.yaml` (the resolved recipe), `.density.json`, `.report.json` and
 `.metrics.json`: Set5 and Set14 Y-PSNR / SSIM under the BasicSR protocol (Set5 from its
 MATLAB-made LR files, Set14 with LR made by slimsr's MATLAB-exact bicubic) next to the paper's
-figures. Every file is written atomically.
+figures. Every file is written atomically. Buffers that loading rebuilds from the architecture
+(SwinIR's shifted-window masks and position indices) are left out of the shipped weights, after
+checking that the slim file reloads to exactly the same state.
 """
 
 from __future__ import annotations
@@ -16,9 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
+import torch
+
 import slimsr
+from slimsr.checkpoints import read_checkpoint, save_weights
 from slimsr.evaluate import dataset_from_root, evaluate_dataset
 from slimsr.fileio import atomic_path, atomic_write_text
 
@@ -44,6 +50,55 @@ def measure(model: slimsr.SRModel, shared: Path, scale: int) -> dict:
     return results
 
 
+_DESCRIPTION_KEYS = {
+    "format",
+    "version",
+    "arch",
+    "family",
+    "scale",
+    "kwargs",
+    "input_range",
+    "params",
+}
+
+
+def rebuildable_buffers(model: slimsr.SRModel) -> list[str]:
+    """Buffers that `slimsr.load` regenerates exactly when they are missing from the file."""
+    params = {name for name, _ in model.net.named_parameters()}
+    stats = ("running_mean", "running_var", "num_batches_tracked")
+    return [key for key in model.net.state_dict() if key not in params and not key.endswith(stats)]
+
+
+def write_slim_weights(model: slimsr.SRModel, meta: dict, dst: Path) -> None:
+    """Write the weights without rebuildable buffers, or whole if a reload would differ."""
+    extra = {k: v for k, v in meta.items() if k not in _DESCRIPTION_KEYS}
+    full = model.net.state_dict()
+    exclude = rebuildable_buffers(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        trial = Path(tmp) / dst.name
+        save_weights(
+            model.net,
+            trial,
+            arch=model.name,
+            scale=model.scale,
+            kwargs=model.kwargs,
+            extra=extra,
+            exclude=exclude,
+        )
+        reloaded = slimsr.load(trial).net.state_dict()
+    same = reloaded.keys() == full.keys() and all(torch.equal(reloaded[k], full[k]) for k in full)
+    save_weights(
+        model.net,
+        dst,
+        arch=model.name,
+        scale=model.scale,
+        kwargs=model.kwargs,
+        extra=extra,
+        exclude=exclude if same else (),
+    )
+    print(f"{dst.name}: {len(exclude) if same else 0} rebuildable buffers left out")
+
+
 def copy_atomic(src: Path, dst: Path) -> None:
     with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
@@ -62,8 +117,8 @@ def main() -> None:
     model = slimsr.load(student)
     stem = f"{model.name}_x{model.scale}"
     COMPRESSED.mkdir(parents=True, exist_ok=True)
-    copy_atomic(student, COMPRESSED / f"{stem}.safetensors")
-    copy_atomic(student.with_suffix(".json"), COMPRESSED / f"{stem}.json")
+    meta = read_checkpoint(student).meta or {}
+    write_slim_weights(model, meta, COMPRESSED / f"{stem}.safetensors")
     copy_atomic(run / "compress.yaml", COMPRESSED / f"{stem}.compress.yaml")
     copy_atomic(run / "density.json", COMPRESSED / f"{stem}.density.json")
     copy_atomic(run / "report.json", COMPRESSED / f"{stem}.report.json")

@@ -153,3 +153,26 @@ def test_written_files_get_normal_permissions(tmp_path) -> None:
     mask = os.umask(0)
     os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_swinir_weights_without_their_masks_reload_to_the_same_state(tmp_path) -> None:
+    """Shipped SwinIR files leave out the shifted-window masks; loading rebuilds them exactly."""
+    from slimsr.checkpoints import save_weights
+
+    torch.manual_seed(0)
+    model = slimsr.create_model("swinirmini", 2)
+    full = model.net.state_dict()
+    rebuilt = [k for k in full if k.endswith(("attn_mask", "relative_position_index"))]
+    assert len(rebuilt) == 18  # 12 index tables + 6 masks (odd blocks of 3 RSTBs x 4)
+    path = tmp_path / "slim.safetensors"
+    save_weights(model.net, path, arch="swinirmini", scale=2, exclude=rebuilt)
+    assert not set(rebuilt) & set(read_checkpoint(path).state_dict)
+    assert path.stat().st_size < 500_000  # the masks alone are 6 MB
+    reloaded = slimsr.load(path).net.state_dict()
+    assert reloaded.keys() == full.keys()
+    for key in full:
+        assert torch.equal(reloaded[key], full[key]), key
+    with pytest.raises(CheckpointError, match="cannot exclude"):
+        save_weights(
+            model.net, tmp_path / "x.safetensors", arch="swinirmini", scale=2, exclude=["nope"]
+        )
