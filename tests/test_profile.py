@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import slimsr
+import slimsr.profile
 from slimsr.archs.blocks import ChannelLinear
 from slimsr.errors import SlimsrError
 from slimsr.inference import (
@@ -259,6 +260,27 @@ def test_runtime_and_memory_are_measured_and_reported() -> None:
     assert d["settings"]["threads"] == 1
 
 
+def test_bfloat16_is_timed_and_measured_in_bfloat16(monkeypatch) -> None:
+    model = slimsr.create_model("bsrn_s", 4)
+    seen: list[torch.dtype] = []
+    real_time_cpu = slimsr.profile.time_cpu
+
+    def spy(net, x, **kwargs):
+        seen.append(x.dtype)
+        with torch.inference_mode():
+            seen.append(net(x).dtype)
+        return real_time_cpu(net, x, **kwargs)
+
+    monkeypatch.setattr(slimsr.profile, "time_cpu", spy)
+    report = profile_model(
+        model, input_hw=(16, 16), threads=1, warmup=1, repeats=1, dtype=torch.bfloat16
+    )
+    assert seen == [torch.bfloat16, torch.bfloat16]
+    assert report.settings["dtype"] == "bfloat16" and report.memory is not None
+    assert next(model.net.parameters()).dtype == torch.float32  # the model itself is untouched
+    assert report.complexity == profile_model(model, input_hw=(16, 16), runtime=False).complexity
+
+
 def test_time_cpu_rejects_bad_counts() -> None:
     with pytest.raises(SlimsrError):
         time_cpu(Reuse(), torch.zeros(1, 3, 4, 4), repeats=0)
@@ -336,3 +358,6 @@ def test_cli_profile_writes_json(tmp_path) -> None:
     assert d["flops"]["ntire2022"] == 27_102_622_560 and d["convs"] == 64
     res = run_cli("profile", "-m", "bsrn", "--input", "64x64", "--output", "1280x720")
     assert res.returncode == 2 and res.stderr.startswith("error: ")
+    res = run_cli("profile", "-m", "abpn", "-s", "3", "--input", "16x16", "--fp16")
+    assert res.returncode == 2 and "float16 needs a CUDA device" in res.stderr
+    assert "Traceback" not in res.stderr

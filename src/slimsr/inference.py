@@ -114,7 +114,8 @@ def default_fuse(net: nn.Module, device: torch.device | str) -> bool:
     return has_fused_form(net) and torch.device(device).type == "cpu"
 
 
-def _check_dtype(model: nn.Module, dtype: torch.dtype, device: torch.device) -> None:
+def check_inference_dtype(model: nn.Module, dtype: torch.dtype, device: torch.device) -> None:
+    """Refuse a precision the device or the architecture cannot run safely (clear error)."""
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise SlimsrError(f"inference runs in float32, float16 or bfloat16, not {dtype}")
     check = getattr(model, "check_dtype", None)
@@ -162,7 +163,7 @@ def prepare_for_inference(
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SlimsrError("a CUDA device was asked for, but none is available")
     dtype = _current_dtype(model) if dtype is None else dtype
-    _check_dtype(model, dtype, device)
+    check_inference_dtype(model, dtype, device)
     own_family, own_name = family_of(model)
     net: nn.Module = getattr(model, "net", model)  # SRModel or raw network
     if fuse is None:

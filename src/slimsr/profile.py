@@ -67,7 +67,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from slimsr.archs.blocks import CCALayer, ChannelLinear
 from slimsr.errors import SlimsrError
-from slimsr.inference import inference_config, prepare_for_inference
+from slimsr.inference import check_inference_dtype, inference_config, prepare_for_inference
 from slimsr.registry import ModelInfo, count_parameters, default_registry, get_model_info
 
 CONVENTIONS: tuple[str, ...] = ("ntire2022", "macs", "paper", "fvcore")
@@ -556,9 +556,11 @@ def _rss_child(spec_path: str) -> dict[str, Any]:
     net: nn.Module = spec["net"]
     torch.set_num_threads(spec["threads"])
     fuse = bool(spec.get("fuse", False))
-    net = prepare_for_inference(net, "cpu", torch.float32, spec["channels_last"], False, fuse=fuse)
+    dtype = getattr(torch, spec.get("dtype", "float32"))
+    net = prepare_for_inference(net, "cpu", dtype, spec["channels_last"], False, fuse=fuse)
     x = torch.rand(spec["shape"], generator=torch.Generator().manual_seed(0)) * spec["scale"]
-    return forward_peak_rss(net, x.contiguous(memory_format=inference_config(net).memory_format))
+    x = x.to(dtype).contiguous(memory_format=inference_config(net).memory_format)
+    return forward_peak_rss(net, x)
 
 
 def memory_from_rss(result: dict[str, Any]) -> Memory:
@@ -588,6 +590,7 @@ def cpu_peak_memory(
     threads: int = 1,
     channels_last: bool = False,
     fuse: bool = False,
+    dtype: torch.dtype = torch.float32,
     timeout: float = 600.0,
 ) -> Memory:
     """Increase of peak resident memory during one CPU forward, measured in a fresh process.
@@ -605,6 +608,7 @@ def cpu_peak_memory(
             "threads": int(threads),
             "channels_last": bool(channels_last),
             "fuse": bool(fuse),
+            "dtype": str(dtype).removeprefix("torch."),
         }
         torch.save(spec, spec_path)
         env = rss_child_env()
@@ -696,6 +700,7 @@ def profile_model(
     fuse: bool | None = None,
     runtime: bool = True,
     memory: bool = True,
+    dtype: torch.dtype = torch.float32,
 ) -> ProfileReport:
     """Profile an `SRModel`'s raw network at its official input range.
 
@@ -703,7 +708,8 @@ def profile_model(
     "for a 1280x720 output": the input is floor(H/s) x floor(W/s)). Counting never runs real
     arithmetic; `runtime` and `memory` do (CPU: `threads` fixed; memory in a child process),
     on the fast inference path (`slimsr.inference.prepare_for_inference`: `fuse`,
-    `channels_last`, `compile`; None picks the measured defaults).
+    `channels_last`, `compile`; None picks the measured defaults) in `dtype` (float16 needs
+    CUDA; architectures refuse precisions they are not safe in). Counts are dtype-independent.
     """
     if input_hw is not None and output_hw is not None:
         raise SlimsrError("give an input size or an output size, not both")
@@ -715,6 +721,9 @@ def profile_model(
             f"{info.name} needs inputs of at least {info.min_size}x{info.min_size} px; "
             f"the input would be {lr_hw[1]}x{lr_hw[0]}"
         )
+    dev = torch.device(device)
+    if runtime or memory:
+        check_inference_dtype(model, dtype, dev)
     net: nn.Module = model.net
     report = ProfileReport(
         model=info.name,
@@ -725,19 +734,18 @@ def profile_model(
         complexity=complexity(net, lr_hw),
         output_size_mode=output_hw is not None,
     )
-    dev = torch.device(device)
     report.settings = {
         "device": str(dev),
         "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
-        "dtype": "float32",
+        "dtype": str(dtype).removeprefix("torch."),
     }
     if not (runtime or memory):
         return report
     run_net = prepare_for_inference(
         copy.deepcopy(net),
         dev,
-        torch.float32,
+        dtype,
         channels_last,
         compile,
         fuse=fuse,
@@ -748,7 +756,7 @@ def profile_model(
     report.settings.update(channels_last=cfg.channels_last, compile=cfg.compiled, fused=cfg.fused)
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(1, 3, *lr_hw, generator=gen) * info.input_range
-    x = x.to(dev).contiguous(memory_format=cfg.memory_format)
+    x = x.to(dev, dtype).contiguous(memory_format=cfg.memory_format)
     if dev.type == "cuda":
         if runtime:
             report.runtime = time_cuda(run_net, x, warmup=warmup, repeats=repeats)
@@ -771,6 +779,7 @@ def profile_model(
             threads=report.settings["threads"],
             channels_last=cfg.channels_last,
             fuse=cfg.fused,
+            dtype=dtype,
         )
     return report
 

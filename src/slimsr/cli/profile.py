@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from slimsr.cli.app import app
+from slimsr.cli.eval import resolve_dtype
 from slimsr.errors import SlimsrError
 from slimsr.factory import create_model, load
 from slimsr.fileio import atomic_write_text
@@ -77,6 +78,8 @@ def report_table(report: ProfileReport) -> Table:
         setting += f", {'channels_last' if s.get('channels_last') else 'contiguous'}"
         if s.get("compile"):
             setting += ", torch.compile"
+        if s.get("dtype", "float32") != "float32":
+            setting += f", {s['dtype']}"
         table.add_row("runtime median", f"{rt['median_ms']:.2f} ms", setting)
         table.add_row(
             "runtime spread",
@@ -132,6 +135,8 @@ def profile_command(
         help="Time the fused inference form (default: where one exists, on CPU).",
     ),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the network first."),
+    fp16: bool = typer.Option(False, "--fp16", help="Time float16 (CUDA only)."),
+    bf16: bool = typer.Option(False, "--bf16", help="Time bfloat16 (models that support it)."),
     no_runtime: bool = typer.Option(False, "--no-runtime", help="Counts only: no timing."),
     no_memory: bool = typer.Option(False, "--no-memory", help="Skip the peak-memory run."),
     json_out: Path = typer.Option(None, "--json", help="Write the report as JSON here."),
@@ -153,6 +158,7 @@ def profile_command(
         fuse=fuse,
         runtime=not no_runtime,
         memory=not no_memory,
+        dtype=resolve_dtype(fp16, bf16),
     )
     Console(markup=False, highlight=False, width=150).print(report_table(report))
     warning = busy_cpu_warning(report.settings) if report.runtime else None
