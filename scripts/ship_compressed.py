@@ -16,6 +16,7 @@ checking that the slim file reloads to exactly the same state.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import tempfile
@@ -74,28 +75,20 @@ def write_slim_weights(model: slimsr.SRModel, meta: dict, dst: Path) -> None:
     extra = {k: v for k, v in meta.items() if k not in _DESCRIPTION_KEYS}
     full = model.net.state_dict()
     exclude = rebuildable_buffers(model)
-    with tempfile.TemporaryDirectory() as tmp:
-        trial = Path(tmp) / dst.name
-        save_weights(
-            model.net,
-            trial,
-            arch=model.name,
-            scale=model.scale,
-            kwargs=model.kwargs,
-            extra=extra,
-            exclude=exclude,
-        )
-        reloaded = slimsr.load(trial).net.state_dict()
-    same = reloaded.keys() == full.keys() and all(torch.equal(reloaded[k], full[k]) for k in full)
-    save_weights(
+    write = functools.partial(
+        save_weights,
         model.net,
-        dst,
         arch=model.name,
         scale=model.scale,
         kwargs=model.kwargs,
         extra=extra,
-        exclude=exclude if same else (),
     )
+    with tempfile.TemporaryDirectory() as tmp:
+        trial = Path(tmp) / dst.name
+        write(trial, exclude=exclude)
+        reloaded = slimsr.load(trial).net.state_dict()
+    same = reloaded.keys() == full.keys() and all(torch.equal(reloaded[k], full[k]) for k in full)
+    write(dst, exclude=exclude if same else ())
     print(f"{dst.name}: {len(exclude) if same else 0} rebuildable buffers left out")
 
 

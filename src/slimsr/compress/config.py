@@ -26,7 +26,6 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -35,7 +34,6 @@ from pydantic import (
 from slimsr.errors import UnknownModelError
 from slimsr.train.config import (
     RUN_NAME_PATTERN,
-    ConfigError,
     ConstantSchedule,
     DataConfig,
     LoggingConfig,
@@ -215,7 +213,4 @@ def load_compress_config(
     doc = read_recipe(
         source, overrides, base_dir, "a compression recipe is a YAML mapping of sections"
     )
-    try:
-        return CompressConfig.model_validate(doc.data, context={"check_paths": check_paths})
-    except ValidationError as exc:
-        raise ConfigError(doc.error_message(exc)) from None
+    return doc.validate(CompressConfig, check_paths)

@@ -15,12 +15,14 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from slimsr.train.config import ConfigError, TrainConfig
+
+SchemaT = TypeVar("SchemaT", bound=BaseModel)
 
 Loc = tuple[str | int, ...]
 
@@ -277,10 +279,7 @@ def load_config(
     doc = read_recipe(
         source, overrides, base_dir, "a recipe is a YAML mapping of sections (model, data, train)"
     )
-    try:
-        return TrainConfig.model_validate(doc.data, context={"check_paths": check_paths})
-    except ValidationError as exc:
-        raise ConfigError(doc.error_message(exc)) from None
+    return doc.validate(TrainConfig, check_paths)
 
 
 @dataclass
@@ -294,6 +293,13 @@ class RecipeDocument:
 
     def error_message(self, exc: ValidationError) -> str:
         return validation_message(exc, self.data, self.lines, self.overridden, self.name)
+
+    def validate(self, schema: type[SchemaT], check_paths: bool) -> SchemaT:
+        """The document as `schema`, or a one-line `ConfigError` naming file, line and key."""
+        try:
+            return schema.model_validate(self.data, context={"check_paths": check_paths})
+        except ValidationError as exc:
+            raise ConfigError(self.error_message(exc)) from None
 
 
 def read_recipe(
