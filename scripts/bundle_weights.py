@@ -7,19 +7,20 @@ the Set5-selected "best", which would be tuning on the test set), writes
 `src/slimsr/weights/default_x{S}.{safetensors,json,config.yaml}` and measures
 `default_x{S}.metrics.json`: Set5 (MATLAB-made LR files) and Set14 / B100 (LR made with slimsr's
 MATLAB-exact bicubic), Y-PSNR / SSIM under the BasicSR protocol, with bicubic and reference
-figures from the literature alongside.
+figures from the literature alongside. Recorded paths are made portable (see shipping.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
+
+from shipping import copy_portable, copy_portable_weights
 
 import slimsr
 from slimsr.evaluate import dataset_from_root, evaluate_dataset
-from slimsr.fileio import atomic_path, atomic_write_text
+from slimsr.fileio import atomic_write_text
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "slimsr" / "weights"
 
@@ -73,11 +74,9 @@ def main() -> None:
     if model.scale != s:
         raise SystemExit(f"{src} is x{model.scale}, not x{s}")
     dst = WEIGHTS / f"default_x{s}.safetensors"
-    for suffix in (".safetensors", ".json"):
-        with atomic_path(dst.with_suffix(suffix)) as tmp:
-            shutil.copyfile(src.with_suffix(suffix), tmp)
-    config = (args.run_dir / "config.yaml").read_text()
-    atomic_write_text(WEIGHTS / f"default_x{s}.config.yaml", config)
+    copy_portable_weights(src, dst, args.shared)
+    copy_portable(src.with_suffix(".json"), dst.with_suffix(".json"), args.shared)
+    copy_portable(args.run_dir / "config.yaml", WEIGHTS / f"default_x{s}.config.yaml", args.shared)
     meta = json.loads(src.with_suffix(".json").read_text())
     metrics = {
         "model": model.info.name,

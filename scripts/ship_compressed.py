@@ -8,9 +8,11 @@ distillation; never a Set5-selected checkpoint) and writes, under
 sidecar), `.compress.yaml` (the resolved recipe), `.density.json`, `.report.json` and
 `.metrics.json`: Set5 and Set14 Y-PSNR / SSIM under the BasicSR protocol (Set5 from its
 MATLAB-made LR files, Set14 with LR made by slimsr's MATLAB-exact bicubic) next to the paper's
-figures. Every file is written atomically. Buffers that loading rebuilds from the architecture
-(SwinIR's shifted-window masks and position indices) are left out of the shipped weights, after
-checking that the slim file reloads to exactly the same state.
+figures. Every file is written atomically, with the paths it records made portable (the shared
+folder as `../shared`, files inside this repository relative to its root; see shipping.py).
+Buffers that loading rebuilds from the architecture (SwinIR's shifted-window masks and position
+indices) are left out of the shipped weights, after checking that the slim file reloads to
+exactly the same state.
 """
 
 from __future__ import annotations
@@ -18,18 +20,18 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import shutil
 import tempfile
 from pathlib import Path
 
 import torch
+from shipping import REPO_ROOT, copy_portable, portable_meta
 
 import slimsr
 from slimsr.checkpoints import read_checkpoint, save_weights
 from slimsr.evaluate import dataset_from_root, evaluate_dataset
-from slimsr.fileio import atomic_path, atomic_write_text
+from slimsr.fileio import atomic_write_text
 
-COMPRESSED = Path(__file__).resolve().parents[1] / "src" / "slimsr" / "weights" / "compressed"
+COMPRESSED = REPO_ROOT / "src" / "slimsr" / "weights" / "compressed"
 
 PAPER = {
     # Jiang et al. 2024, Table I (DIV2K, x2): Y-PSNR / SSIM.
@@ -92,11 +94,6 @@ def write_slim_weights(model: slimsr.SRModel, meta: dict, dst: Path) -> None:
     print(f"{dst.name}: {len(exclude) if same else 0} rebuildable buffers left out")
 
 
-def copy_atomic(src: Path, dst: Path) -> None:
-    with atomic_path(dst) as tmp:
-        shutil.copyfile(src, tmp)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
@@ -110,11 +107,10 @@ def main() -> None:
     model = slimsr.load(student)
     stem = f"{model.name}_x{model.scale}"
     COMPRESSED.mkdir(parents=True, exist_ok=True)
-    meta = read_checkpoint(student).meta or {}
+    meta = portable_meta(read_checkpoint(student).meta or {}, args.shared)
     write_slim_weights(model, meta, COMPRESSED / f"{stem}.safetensors")
-    copy_atomic(run / "compress.yaml", COMPRESSED / f"{stem}.compress.yaml")
-    copy_atomic(run / "density.json", COMPRESSED / f"{stem}.density.json")
-    copy_atomic(run / "report.json", COMPRESSED / f"{stem}.report.json")
+    for suffix in ("compress.yaml", "density.json", "report.json"):
+        copy_portable(run / suffix, COMPRESSED / f"{stem}.{suffix}", args.shared)
     metrics = {
         "model": model.name,
         "scale": model.scale,

@@ -1,0 +1,65 @@
+"""Provenance records that read the same on every clone: shared helpers of the ship scripts.
+
+A run records the absolute paths of the machine that made it (`/work/shared/datasets/T91/HR`,
+`/work/main/runs/...`). Shipped files keep that provenance but spell it as a fresh clone would:
+the shared folder as `../shared`, files inside this repository relative to its root. Paths
+elsewhere (a scratch folder the run lived in) are left as they were: they are still the truth.
+
+Run directly, it rewrites already-shipped files in place (atomically; tensors untouched):
+
+    python scripts/shipping.py src/slimsr/weights/**/*.{json,yaml,safetensors} [--shared ../shared]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from slimsr.fileio import atomic_path, atomic_write_text
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def portable(text: str, shared: Path) -> str:
+    """`text` with the shared folder spelled `../shared` and repository paths made relative."""
+    text = text.replace(str(shared.resolve()), "../shared")
+    return text.replace(f"{REPO_ROOT}/", "")
+
+
+def portable_meta(meta: dict, shared: Path) -> dict:
+    return json.loads(portable(json.dumps(meta), shared))
+
+
+def copy_portable(src: Path, dst: Path, shared: Path) -> None:
+    """Copy a text file (JSON, YAML) with its recorded paths made portable."""
+    atomic_write_text(dst, portable(src.read_text(), shared))
+
+
+def copy_portable_weights(src: Path, dst: Path, shared: Path) -> None:
+    """Copy a safetensors file with portable metadata; the tensors are copied bit for bit."""
+    with safe_open(str(src), framework="pt") as f:
+        metadata = {k: portable(v, shared) for k, v in (f.metadata() or {}).items()}
+        tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (not a dict)
+    with atomic_path(dst) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("files", type=Path, nargs="+")
+    parser.add_argument("--shared", type=Path, default=Path("../shared"))
+    args = parser.parse_args()
+    for path in args.files:
+        if path.suffix == ".safetensors":
+            copy_portable_weights(path, path, args.shared)
+        else:
+            copy_portable(path, path, args.shared)
+        print(f"{path}: recorded paths made portable")
+
+
+if __name__ == "__main__":
+    main()
