@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 from pathlib import Path
 
 from safetensors import safe_open
@@ -24,10 +26,21 @@ from slimsr.fileio import atomic_path, atomic_write_text
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def portable(text: str, shared: Path) -> str:
-    """`text` with the shared folder spelled `../shared` and repository paths made relative."""
-    text = text.replace(str(shared.resolve()), "../shared")
-    return text.replace(f"{REPO_ROOT}/", "")
+def _spellings(folder: Path) -> list[str]:
+    """The absolute forms a run may have recorded: through symlinks and resolved, longest first."""
+    return sorted({os.path.abspath(folder), str(folder.resolve())}, key=len, reverse=True)
+
+
+def portable(text: str, shared: Path, repo_root: Path = REPO_ROOT) -> str:
+    """`text` with the shared folder spelled `../shared` and repository paths made relative.
+
+    Only whole path components match: `/work/shared2` is not the shared folder `/work/shared`.
+    """
+    for spelling in _spellings(shared):
+        text = re.sub(re.escape(spelling) + r"(?![\w.-])", "../shared", text)
+    for spelling in _spellings(repo_root):
+        text = text.replace(f"{spelling}/", "")
+    return text
 
 
 def portable_meta(meta: dict, shared: Path) -> dict:
