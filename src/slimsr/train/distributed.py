@@ -65,8 +65,16 @@ def setup(device_choice: str = "auto") -> DistInfo:
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world, device=device)
 
 
-def teardown(info: DistInfo) -> None:
+def teardown(info: DistInfo, finished: bool = True) -> None:
+    """Leave the process group; after a finished run, only once every rank has got here.
+
+    Without the barrier a rank can tear gloo down while a peer still has work in flight, which
+    occasionally aborts that rank at exit (seen once in CI as SIGABRT, "terminate called without
+    an active exception"). After a failure there is no barrier: the peers may be gone.
+    """
     if info.enabled and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 

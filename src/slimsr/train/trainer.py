@@ -558,9 +558,12 @@ class Trainer:
     def run(self) -> TrainResult:
         self.dist = ddp.setup(self.config.device)
         try:
-            return self._run()
-        finally:
-            ddp.teardown(self.dist)
+            result = self._run()
+        except BaseException:
+            ddp.teardown(self.dist, finished=False)
+            raise
+        ddp.teardown(self.dist)
+        return result
 
     def _run(self) -> TrainResult:
         cfg = self.config
