@@ -10,6 +10,16 @@ once as a warm-up, records its resident memory, then upscales `repeats` more tim
 second and the peak RSS above the pre-run level. The claim under test: with tiling, peak RSS
 stays roughly flat as the image grows, while whole-image inference grows with the pixel count.
 Prints a table and writes JSON; no asserts on timings.
+
+    python benchmarks/bench_upscale.py --command 512x512,1024x540,6000x4000 [--threads 1]
+        [--max-memory 2048] [--json OUT]
+
+`--command` measures the whole `slimsr upscale` command instead (read, border, tiles, outscale,
+quantise, PNG write) on synthetic PNG inputs of W x H with the bundled x4: each size runs
+`python -m slimsr upscale` in a fresh process, and its peak resident set size (ru_maxrss, all
+of it, interpreter and torch included) and wall time are reported. The claim under test
+(issue 16): peak RSS nearly flat in the image size (512 px input vs a 4096x2160 output, ratio
+<= 1.5x) and a 6000x4000 input completes within the `--max-memory` budget.
 """
 
 from __future__ import annotations
@@ -107,6 +117,85 @@ def run_case(args: argparse.Namespace, size: int, tile: int) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def write_input(path: Path, w: int, h: int) -> None:
+    """A photo-like synthetic RGB PNG (gradients plus smooth noise), made with numpy only."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(w * 7919 + h)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    coarse = rng.random((h // 8 + 2, w // 8 + 2, 3), dtype=np.float32)
+    noise = coarse[(yy // 8).astype(int), (xx // 8).astype(int)]
+    base = np.stack([xx / max(w - 1, 1), yy / max(h - 1, 1), (xx + yy) / max(w + h - 2, 1)], -1)
+    Image.fromarray((255 * (0.6 * base + 0.4 * noise)).astype(np.uint8)).save(path)
+
+
+def command_case(args: argparse.Namespace, src: Path, out: Path) -> None:
+    """Run `slimsr upscale` once in a child; print its peak RSS (MB) and wall time as JSON."""
+    cmd = [sys.executable, "-m", "slimsr", "upscale", str(src), "-o", str(out), "--overwrite"]
+    cmd += ["--max-memory", str(args.max_memory), "--device", "cpu"]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    wall = time.perf_counter() - start
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(
+        json.dumps(
+            {
+                "rc": proc.returncode,
+                "wall_s": round(wall, 1),
+                "peak_rss_mb": round(rss),
+                "stderr": proc.stderr[-2000:] if proc.returncode else "",
+            }
+        )
+    )
+
+
+def run_command_cases(args: argparse.Namespace) -> None:
+    import tempfile
+
+    from PIL import Image
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from slimsr.fileio import atomic_write_text
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for spec in args.command.split(","):
+            w, h = (int(v) for v in spec.lower().split("x"))
+            src = Path(tmp) / f"in_{w}x{h}.png"
+            write_input(src, w, h)
+            cmd = [sys.executable, __file__, "--command-child", str(src), "--out", tmp]
+            cmd += ["--threads", str(args.threads), "--max-memory", str(args.max_memory)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            if r["rc"] != 0:
+                raise SystemExit(f"{spec} failed:\n{r['stderr']}")
+            with Image.open(Path(tmp) / f"in_{w}x{h}_x4.png") as im:
+                ow, oh = im.size
+            row = {
+                "input": f"{w}x{h}",
+                "output": f"{ow}x{oh}",
+                "threads": args.threads,
+                "max_memory_mb": args.max_memory,
+                "wall_s": r["wall_s"],
+                "peak_rss_mb": r["peak_rss_mb"],
+            }
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    base = rows[0]["peak_rss_mb"]
+    print("| input | output | wall s | peak RSS MB | ratio to first |")
+    print("|---|---|---:|---:|---:|")
+    for r in rows:
+        r["rss_ratio"] = round(r["peak_rss_mb"] / base, 2)
+        print(
+            f"| {r['input']} | {r['output']} | {r['wall_s']} | {r['peak_rss_mb']} | "
+            f"{r['rss_ratio']} |"
+        )
+    atomic_write_text(args.json, json.dumps({"command": "slimsr upscale", "rows": rows}, indent=2))
+    print(f"wrote {args.json}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--weights", type=Path, default=None, help="default: the bundled model")
@@ -116,11 +205,21 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", type=Path, default=Path("bench_upscale.json"))
+    p.add_argument("--command", default=None, help="WxH,... : measure the whole CLI command")
+    p.add_argument("--max-memory", type=float, default=2048, help="--max-memory of the command")
+    p.add_argument("--command-child", type=Path, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--out", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--size", type=int, default=512, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         child(args)
+        return
+    if args.command_child is not None:
+        command_case(args, args.command_child, args.out)
+        return
+    if args.command:
+        run_command_cases(args)
         return
 
     from rich.console import Console

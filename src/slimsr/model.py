@@ -2,8 +2,15 @@
 
 Official networks expect different value ranges ([0,1] or [0,255]) and some need the input
 size to be a multiple of a window. Every model the API returns takes float RGB in [0,1],
-NCHW, of any size, and returns float RGB in [0,1] (not clamped: metrics and writers quantise).
-The raw network stays in `.net` with its official keys, so state dicts remain official.
+NCHW, of any size, and returns float RGB in [0,1].
+
+Borders: networks pad every convolution with zeros, which a flat colour image shows as a dark
+or bright rim (the bundled x4 turned a 1x1 image 95 levels off). In eval mode `forward` pads
+the input by `BORDER` LR pixels by symmetric mirroring (MATLAB's `imresize` padding, the edge
+pixel repeated; defined for any size, 1x1 included), runs, crops and clamps to [0,1]. In train
+mode it is `raw`: no border, no clamp (the clamp would zero gradients), so training numerics are
+those of the raw network. The raw network stays in `.net` with its official keys, so state
+dicts remain official.
 """
 
 from __future__ import annotations
@@ -35,6 +42,41 @@ def pad_input(
     return F.pad(x, (0, pw, 0, ph), mode=mode), ph, pw
 
 
+BORDER = 8
+"""LR pixels of mirrored context added on every side before a prediction (see module doc).
+
+Measured on flat-colour images (1x1, 3x17, 8x8, 24x24; five colours): with 8, the bundled
+x2/x3/x4, BSRN x4, BSRN-S x4, E-RFDN x4 and FMEN-S x4 are all within 0.3 levels of the colour
+(4 gives 1.4 for the bundled x4, 0 gives up to 155). docs/inference.md has the table."""
+
+
+def pad_border(x: torch.Tensor, margin: int) -> torch.Tensor:
+    """Pad H and W by `margin` on every side by symmetric mirroring (edge pixel repeated).
+
+    Index arithmetic rather than `F.pad(mode="reflect")`, so images smaller than the margin
+    (1x1, 1xN) mirror repeatedly instead of failing.
+    """
+    if margin <= 0:
+        return x
+    h, w = x.shape[-2:]
+    return x[..., _mirror_index(h, margin, x.device)[:, None], _mirror_index(w, margin, x.device)]
+
+
+def _mirror_index(n: int, margin: int, device: torch.device) -> torch.Tensor:
+    i = torch.arange(-margin, n + margin, device=device) % (2 * n)
+    return torch.where(i >= n, 2 * n - 1 - i, i)
+
+
+def predict_with_border(
+    raw: Any, x: torch.Tensor, scale: int, margin: int = BORDER
+) -> torch.Tensor:
+    """`raw(x)` with `margin` LR pixels of mirrored context, cropped back and clamped to [0,1]."""
+    h, w = x.shape[-2:]
+    y = raw(pad_border(x, margin))
+    m = margin * scale
+    return y[..., m : m + h * scale, m : m + w * scale].clamp(0, 1)
+
+
 class SRModel(nn.Module):
     """A registered network behind the [0,1] RGB convention; see module docstring."""
 
@@ -60,6 +102,13 @@ class SRModel(nn.Module):
         return count_parameters(self.net)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Eval mode: `raw` with a mirrored border, clamped to [0,1]; train mode: `raw`."""
+        if self.training:
+            return self.raw(x)
+        return predict_with_border(self.raw, x, self.scale)
+
+    def raw(self, x: torch.Tensor) -> torch.Tensor:
+        """The network under the [0,1] convention, zero-padded at the image edge, unclamped."""
         h, w = x.shape[-2:]
         x, ph, pw = pad_input(x, self.info.size_multiple, self.info.min_size)
         r = self.info.input_range

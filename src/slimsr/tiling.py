@@ -79,6 +79,68 @@ def count_tiles(h: int, w: int, tile: int, overlap: int) -> int:
     return sum(1 for _ in tiles(h, w, tile, overlap))
 
 
+def tiled_strips(
+    upscale: Upscaler,
+    x: Tensor,
+    scale: int,
+    tile: int,
+    overlap: int = 16,
+    on_tile: Callable[[], None] | None = None,
+) -> Iterator[tuple[int, Tensor]]:
+    """Blended tiles of `x` (N,C,H,W) as finished output strips `(first_row, (N,C,rows,W*s))`.
+
+    Works one row of tiles at a time: the float32 accumulator spans only the output rows that
+    the current tile row touches, and the rows no later tile row reaches are normalised and
+    handed out, in order, before the next row of tiles runs. So the float memory is one strip
+    of tiles (tile * s rows by the output width), never the whole output. Every value is
+    computed by the same operations as one full-size accumulator would use (bit-identical).
+    """
+    n, c, h, w = x.shape
+    overlap = max(0, min(overlap, tile // 2))
+    grid = list(tiles(h, w, tile, overlap))
+    tops = sorted({t for t, _, _, _ in grid})
+    th, tw = grid[0][2], grid[0][3]
+    ow = w * scale
+    # The tiles are a grid (every row of tiles has the same lefts), so the summed window is
+    # the outer product of a row profile and a column profile: two vectors, not a full map.
+    row_sum = torch.zeros(h * scale, dtype=torch.float64)
+    col_sum = torch.zeros(ow, dtype=torch.float64)
+    for top in tops:
+        row_sum[top * scale : (top + th) * scale] += edge_ramp(
+            th * scale, overlap * scale, top > 0, top + th < h
+        )
+    for left in sorted({lf for _, lf, _, _ in grid}):
+        col_sum[left * scale : (left + tw) * scale] += edge_ramp(
+            tw * scale, overlap * scale, left > 0, left + tw < w
+        )
+    row_div = row_sum.clamp_min_(1e-12).to(x.device, torch.float32)
+    col_div = col_sum.clamp_min_(1e-12).to(x.device, torch.float32)
+    acc = torch.zeros(n, c, 0, ow, dtype=torch.float32, device=x.device)
+    acc_start = 0  # output row of acc[..., 0, :]
+    for k, top in enumerate(tops):
+        ys, ye = top * scale, (top + th) * scale
+        if ye > acc_start + acc.shape[-2]:  # grow the strip down to this tile row's end
+            grow = torch.zeros(n, c, ye - acc_start - acc.shape[-2], ow, device=x.device)
+            acc = torch.cat([acc, grow], dim=-2)
+        wy = edge_ramp(th * scale, overlap * scale, top > 0, top + th < h)
+        for _t, left, _h, _w in (g for g in grid if g[0] == top):
+            y = upscale(x[..., top : top + th, left : left + tw]).float()
+            wx = edge_ramp(tw * scale, overlap * scale, left > 0, left + tw < w)
+            xs = left * scale
+            win = (wy[:, None] * wx[None, :]).to(torch.float32).to(x.device)[None, None]
+            acc[..., ys - acc_start : ye - acc_start, xs : xs + tw * scale].addcmul_(y, win)
+            if on_tile is not None:
+                on_tile()
+        done = tops[k + 1] * scale if k + 1 < len(tops) else h * scale
+        rows = done - acc_start
+        if rows > 0:
+            out = acc[..., :rows, :]
+            out.div_(row_div[acc_start:done].view(-1, 1)).div_(col_div)
+            yield acc_start, out
+            acc = acc[..., rows:, :].clone()
+            acc_start = done
+
+
 def upscale_tiled(
     upscale: Upscaler,
     x: Tensor,
@@ -89,36 +151,11 @@ def upscale_tiled(
 ) -> Tensor:
     """Run `upscale` on overlapping `tile` x `tile` LR tiles of `x` (N,C,H,W) and blend.
 
-    Output accumulates on the input's device in float32; only one tile is in flight at a time,
-    so peak memory is bounded by the tile size, not the image size.
+    The whole output in one tensor (float32, on the input's device); `tiled_strips` is the
+    same computation handed out strip by strip, which is what keeps `slimsr upscale` flat in
+    memory.
     """
-    n, c, h, w = x.shape
+    h, w = x.shape[-2:]
     if tile <= 0 or (tile >= h and tile >= w):
         return upscale(x)
-    overlap = max(0, min(overlap, tile // 2))
-    out = torch.zeros(n, c, h * scale, w * scale, dtype=torch.float32, device=x.device)
-    # The tiles are a grid (every row of tiles has the same lefts), so the summed window is
-    # the outer product of a row profile and a column profile: two vectors, not a full-size map
-    # (268 MB at a 8192x8192 output).
-    row_sum = torch.zeros(h * scale, dtype=torch.float64)
-    col_sum = torch.zeros(w * scale, dtype=torch.float64)
-    rows_seen: set[int] = set()
-    cols_seen: set[int] = set()
-    for top, left, th, tw in tiles(h, w, tile, overlap):
-        y = upscale(x[..., top : top + th, left : left + tw]).float()
-        wy = edge_ramp(th * scale, overlap * scale, top > 0, top + th < h)
-        wx = edge_ramp(tw * scale, overlap * scale, left > 0, left + tw < w)
-        ys, xs = top * scale, left * scale
-        if top not in rows_seen:
-            rows_seen.add(top)
-            row_sum[ys : ys + th * scale] += wy
-        if left not in cols_seen:
-            cols_seen.add(left)
-            col_sum[xs : xs + tw * scale] += wx
-        win = (wy[:, None] * wx[None, :]).to(torch.float32).to(x.device)[None, None]
-        out[..., ys : ys + th * scale, xs : xs + tw * scale].addcmul_(y, win)
-        if on_tile is not None:
-            on_tile()
-    # in place: the output is the big buffer here
-    out.div_(row_sum.clamp_min_(1e-12).to(out.device, torch.float32).view(-1, 1))
-    return out.div_(col_sum.clamp_min_(1e-12).to(out.device, torch.float32))
+    return torch.cat([s for _, s in tiled_strips(upscale, x, scale, tile, overlap, on_tile)], -2)

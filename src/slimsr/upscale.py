@@ -1,31 +1,65 @@
 """Upscaling images as people have them: any size, alpha, gray, 16-bit, ICC, EXIF.
 
-The network sees RGB in [0,1]; alpha is upscaled separately with bicubic (a network trained on
-photographs has no business inventing transparency) and reattached; gray inputs come back gray
-and 16-bit PNGs stay 16-bit. Large images are tiled automatically so memory stays bounded.
+The network sees RGB in [0,1] with `BORDER` LR pixels of mirrored context on every side (see
+`slimsr.model`); alpha is upscaled separately with bicubic (a network trained on photographs
+has no business inventing transparency) and reattached; gray inputs come back gray and 16-bit
+PNGs stay 16-bit.
+
+Memory: `upscale_samples` (what `slimsr upscale` runs) writes straight into one preallocated
+uint8/uint16 (H', W', C) array. Tiles are blended in a float32 strip one row of tiles high
+(`tiling.tiled_strips`); each finished strip is resized (`--outscale`, bicubic, exact strip
+by strip), clamped, turned gray if the source was, quantised into the array and dropped, and
+alpha goes the same way. No full-size float image exists, and the tile size is derived from
+`--max-memory` after the output array and the strip are paid for.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from slimsr.imaging import Image, imresize, read_image, write_like
-from slimsr.model import SRModel
-from slimsr.tiling import count_tiles, upscale_tiled
+from slimsr.imaging import Image, imresize, read_image
+from slimsr.imaging.io import from_rgb_tensor, output_bit_depth, quantize_into, write_samples_like
+from slimsr.imaging.resize import _device_weights, _resize_dim
+from slimsr.model import BORDER, SRModel, pad_border
+from slimsr.tiling import count_tiles, tiled_strips
 
 DEFAULT_MEMORY_BUDGET_MB = 2048
-"""Working memory one forward pass may use before the image is tiled automatically."""
+"""Memory one `upscale` of an image may use (output array, strips, forward pass)."""
 
 MIN_RETRY_TILE = 16
 """After a CUDA out-of-memory error the tile is halved down to this side, then the error stands."""
 
+MIN_TILE = 64
+"""Smallest automatic tile: below it the overlap dominates the work."""
+
+AUTO_TILE_MAX = 768
+"""Largest automatic tile side (LR px, border included). Bigger tiles are no faster on a CPU
+and would make the forward pass, the largest buffer, grow with the image up to the whole
+budget: capped, peak memory stays nearly flat in the image size (benchmarks/bench_upscale.py
+--command: 512 px input vs 4096x2160 output)."""
+
+RUNNER_BYTES_PER_PIXEL = 4096.0
+"""Working memory assumed per LR pixel for ONNX / TFLite files, which cannot be probed with
+hooks: 4 KiB is 8 float32 feature maps of 64 channels alive at once plus the x4 output, more
+than any network the project exports needs (EDSR-mini x4 measures ~0.6 KiB)."""
+
+ROW_CHUNK = 64
+"""Output rows quantised at a time (bounds the float64 temporaries of `quantize_into`)."""
+
 _PROBE = 32
+
+
+def _raw(model: object) -> Callable[[Tensor], Tensor]:
+    """The model without its border handling (the pipeline pads the whole image once)."""
+    return getattr(model, "raw", model)  # type: ignore[return-value]
 
 
 def activation_bytes_per_pixel(model: nn.Module, dtype: torch.dtype = torch.float32) -> float:
@@ -51,7 +85,7 @@ def activation_bytes_per_pixel(model: nn.Module, dtype: torch.dtype = torch.floa
             1, 3, _PROBE, _PROBE, device=device, dtype=param.dtype if param is not None else dtype
         )
         with torch.inference_mode():
-            y = model(x)
+            y = _raw(model)(x)
     finally:
         for h in hooks:
             h.remove()
@@ -60,16 +94,23 @@ def activation_bytes_per_pixel(model: nn.Module, dtype: torch.dtype = torch.floa
     return elems * torch.finfo(dtype).bits / 8 / (_PROBE * _PROBE)
 
 
-def auto_tile_for_budget(bytes_per_pixel: float, budget_mb: float, multiple: int = 8) -> int:
-    """Largest square LR tile whose forward fits the budget (at least 64 px)."""
-    side = int((budget_mb * 2**20 / max(bytes_per_pixel, 1.0)) ** 0.5)
-    return max(64, side // multiple * multiple)
+def auto_tile_for_budget(
+    bytes_per_pixel: float, budget_mb: float, multiple: int = 8, strip_bytes_per_row: float = 0.0
+) -> int:
+    """Largest square LR tile t with t*t*bytes_per_pixel + t*strip_bytes_per_row <= budget.
+
+    `strip_bytes_per_row` is what one LR row of tiles costs in the blending strip (it spans the
+    output width). At least `MIN_TILE` px, even when the budget is smaller than that needs.
+    """
+    a, b, c = max(bytes_per_pixel, 1.0), strip_bytes_per_row, budget_mb * 2**20
+    side = int((-b + (b * b + 4 * a * max(c, 0.0)) ** 0.5) / (2 * a))
+    return max(MIN_TILE, side // multiple * multiple)
 
 
 @dataclass
 class UpscaleOptions:
     tile: int | None = None
-    """LR tile size; None: automatic (tile only when the forward would exceed the budget); 0:
+    """LR tile size; None: automatic (tile only when the image would exceed the budget); 0:
     never tile."""
     overlap: int = 16
     outscale: float | None = None
@@ -77,27 +118,196 @@ class UpscaleOptions:
     device: torch.device | str = "cpu"
     dtype: torch.dtype = torch.float32
     memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB
+    """The whole upscale's budget: output array, blending strip and forward pass together."""
     bytes_per_pixel: float | None = None
     """The model's working memory per LR pixel (`activation_bytes_per_pixel`); None: measured
-    on first use."""
+    on first use (`RUNNER_BYTES_PER_PIXEL` for ONNX / TFLite)."""
 
 
-def choose_tile(h: int, w: int, opts: UpscaleOptions, model: nn.Module | None = None) -> int:
-    """The tile to use: the user's, or automatic from the memory budget."""
+def output_size(h: int, w: int, scale: int, outscale: float | None) -> tuple[int, int]:
+    if outscale is None or outscale == scale:
+        return h * scale, w * scale
+    return round(h * outscale), round(w * outscale)
+
+
+def fixed_bytes(h: int, w: int, scale: int, opts: UpscaleOptions, channels: int = 4) -> float:
+    """Memory an upscale needs whatever the tile: the uint8 output array (`channels`), the
+    encoder's copy of it (Pillow holds 4 bytes a pixel) and the LR input, plain and padded."""
+    oh, ow = output_size(h, w, scale, opts.outscale)
+    lr = 3 * 4 * (h * w + (h + 2 * BORDER) * (w + 2 * BORDER))
+    return oh * ow * (channels + 4) + lr
+
+
+def choose_tile(h: int, w: int, opts: UpscaleOptions, model: object | None = None) -> int:
+    """The tile to use: the user's, or automatic from the memory budget (0: whole image).
+
+    The budget left after `fixed_bytes` pays for the forward pass of one tile and the float32
+    blending strip (two copies of one row of tiles by the output width, 3 channels).
+    """
     if opts.tile is not None:
         return opts.tile
     if opts.bytes_per_pixel is None:
-        if model is None or not isinstance(model, nn.Module):
-            return 0  # a runtime we cannot probe (ONNX/TFLite): whole image
-        opts.bytes_per_pixel = activation_bytes_per_pixel(model, opts.dtype)
-    if h * w * opts.bytes_per_pixel <= opts.memory_budget_mb * 2**20:
+        if isinstance(model, nn.Module):
+            opts.bytes_per_pixel = activation_bytes_per_pixel(model, opts.dtype)
+        else:  # a runtime we cannot probe (ONNX/TFLite): a conservative constant
+            opts.bytes_per_pixel = RUNNER_BYTES_PER_PIXEL
+    scale = int(getattr(model, "scale", 4))
+    ph, pw = h + 2 * BORDER, w + 2 * BORDER
+    left = opts.memory_budget_mb * 2**20 - fixed_bytes(h, w, scale, opts)
+    if max(ph, pw) <= AUTO_TILE_MAX and ph * pw * opts.bytes_per_pixel <= left:
         return 0
-    return auto_tile_for_budget(opts.bytes_per_pixel, opts.memory_budget_mb)
+    strip_row = 2 * 3 * 4 * scale * scale * pw
+    return min(
+        AUTO_TILE_MAX, auto_tile_for_budget(opts.bytes_per_pixel, left / 2**20, 8, strip_row)
+    )
 
 
-def planned_tiles(h: int, w: int, opts: UpscaleOptions, model: nn.Module | None = None) -> int:
+def planned_tiles(h: int, w: int, opts: UpscaleOptions, model: object | None = None) -> int:
     tile = choose_tile(h, w, opts, model)
-    return 1 if tile <= 0 else count_tiles(h, w, tile, opts.overlap)
+    ph, pw = h + 2 * BORDER, w + 2 * BORDER
+    return 1 if tile <= 0 else count_tiles(ph, pw, tile, opts.overlap)
+
+
+def network_strips(
+    model: Any,
+    rgb: Tensor,
+    opts: UpscaleOptions,
+    tile: int,
+    on_tile: Callable[[], None] | None = None,
+) -> Iterator[tuple[int, Tensor]]:
+    """The network's output of (3,H,W) `rgb` as `(first_row, (3,rows,W*s) float32 CPU)` strips.
+
+    The image is padded by `BORDER` once and tiled (or not) as a whole; every strip is cropped
+    back to the image. Values are unclamped, as the network gave them. Run it under
+    `torch.inference_mode()` (a context entered inside a generator would leak to its caller).
+    """
+    scale = int(model.scale)
+    h, w = rgb.shape[-2:]
+    x = pad_border(rgb[None].to(device=opts.device, dtype=opts.dtype), BORDER)
+    m = BORDER * scale
+    lo, hi = m, m + h * scale
+    if tile <= 0 or (tile >= x.shape[-2] and tile >= x.shape[-1]):
+        y = _raw(model)(x)
+        if on_tile is not None:
+            on_tile()
+        for r in range(lo, hi, ROW_CHUNK):
+            e = min(r + ROW_CHUNK, hi)
+            yield r - lo, y[0, :, r:e, m : m + w * scale].float().cpu()
+        return
+    for r0, strip in tiled_strips(_raw(model), x, scale, tile, opts.overlap, on_tile):
+        a, b = max(r0, lo), min(r0 + strip.shape[-2], hi)
+        if a < b:
+            yield a - lo, strip[0, :, a - r0 : b - r0, m : m + w * scale].float().cpu()
+
+
+class RowResizer:
+    """MATLAB bicubic `imresize` of an image that arrives as strips of rows, exactly.
+
+    Each output row is a weighted sum of a few input rows (`resize_weights`), so it is produced
+    as soon as those rows have arrived, and input rows no later output row needs are dropped.
+    The passes run in `imresize`'s order with its weights and operation order, so the result
+    is bit-identical to resizing the whole image at once (tests/test_upscale.py checks).
+    """
+
+    def __init__(self, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> None:
+        (self.in_h, self.in_w), (self.out_h, self.out_w) = in_hw, out_hw
+        self.sh, self.sw = self.out_h / self.in_h, self.out_w / self.in_w
+        self.w_first = self.sw < self.sh  # imresize resizes the smaller scale first, H on ties
+        self.wts, self.idx = _device_weights(
+            self.in_h, self.out_h, self.sh, "symmetric", torch.device("cpu"), torch.float32
+        )
+        self.need = self.idx.max(dim=1).values  # last input row each output row needs
+        low = self.idx.min(dim=1).values.flip(0).cummin(0).values.flip(0)
+        self.keep_from = torch.cat([low, torch.tensor([self.in_h])])  # first row still needed
+        self.buf: Tensor | None = None
+        self.buf_start = 0
+        self.next_out = 0
+
+    def push(self, strip: Tensor) -> Iterator[tuple[int, Tensor]]:
+        """Feed the next input rows (C,rows,in_w); yields finished `(first_row, rows)` of output."""
+        if self.w_first:
+            strip = _resize_dim(strip, -1, self.out_w, self.sw, "symmetric")
+        self.buf = strip if self.buf is None else torch.cat([self.buf, strip], dim=-2)
+        received = self.buf_start + self.buf.shape[-2]
+        end = self.next_out
+        while end < self.out_h and int(self.need[end]) < received:
+            end += 1
+        if end == self.next_out:
+            return
+        r0, self.next_out = self.next_out, end
+        idx, wts = self.idx[r0:end] - self.buf_start, self.wts[r0:end]
+        out = self.buf.index_select(-2, idx[:, 0]).mul_(wts[:, 0, None])
+        for p in range(1, wts.shape[1]):
+            out.add_(self.buf.index_select(-2, idx[:, p]).mul_(wts[:, p, None]))
+        if not self.w_first:
+            out = _resize_dim(out, -1, self.out_w, self.sw, "symmetric")
+        drop = int(self.keep_from[end]) - self.buf_start
+        if drop > 0:
+            self.buf = self.buf[..., drop:, :]
+            self.buf_start += drop
+        yield r0, out
+
+
+def _resized(
+    strips: Iterator[tuple[int, Tensor]], in_hw: tuple[int, int], out_hw: tuple[int, int]
+) -> Iterator[tuple[int, Tensor]]:
+    if in_hw == out_hw:
+        yield from strips
+        return
+    resizer = RowResizer(in_hw, out_hw)
+    for _, strip in strips:
+        yield from resizer.push(strip)
+
+
+def _alpha_strips(alpha: Tensor, out_hw: tuple[int, int]) -> Iterator[tuple[int, Tensor]]:
+    """The source alpha (1,H,W) resized to `out_hw` strip by strip, clamped to [0,1]."""
+    h, w = alpha.shape[-2:]
+    chunks = ((r, alpha[:, r : r + ROW_CHUNK].float()) for r in range(0, h, ROW_CHUNK))
+    for r0, a in _resized(chunks, (h, w), out_hw):
+        yield r0, a.clamp(0, 1)
+
+
+def upscale_samples(
+    model: Any,
+    image: Image,
+    opts: UpscaleOptions,
+    on_tile: Callable[[], None] | None = None,
+    bit_depth: int | None = None,
+) -> np.ndarray:
+    """The upscaled image as HWC uint8/uint16 samples in the source's layout (gray, alpha).
+
+    Equal to quantising `upscale_loaded`'s float result with `write_like` (same values, bit for
+    bit), but no full-size float copy is made: see the module docstring. `bit_depth` defaults
+    to the source's.
+    """
+    bits = bit_depth or image.bit_depth
+    scale = int(model.scale)
+    h, w = image.height, image.width
+    out_hw = output_size(h, w, scale, opts.outscale)
+    channels = (1 if image.was_gray else 3) + (1 if image.had_alpha else 0)
+    out = np.empty((*out_hw, channels), np.uint8 if bits == 8 else np.uint16)
+    alpha = image.alpha
+    if alpha is not None:
+        for r0, a in _alpha_strips(alpha, out_hw):
+            quantize_into(out[r0 : r0 + a.shape[-2], :, -1:], a, bits)
+    rgb = image.rgb
+    tile = choose_tile(h, w, opts, model)
+    while True:
+        try:
+            with torch.inference_mode():
+                strips = network_strips(model, rgb, opts, tile, on_tile)
+                for r0, y in _resized(strips, (h * scale, w * scale), out_hw):
+                    y = from_rgb_tensor(y.clamp_(0, 1), gray=image.was_gray)
+                    for r in range(0, y.shape[-2], ROW_CHUNK):
+                        part = y[:, r : r + ROW_CHUNK]
+                        rows = slice(r0 + r, r0 + r + part.shape[-2])
+                        quantize_into(out[rows, :, : part.shape[0]], part, bits)
+            return out
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            tile = (max(h, w) + 2 * BORDER if tile <= 0 else tile) // 2
+            if tile < MIN_RETRY_TILE:
+                raise
 
 
 def upscale_rgb(
@@ -106,27 +316,29 @@ def upscale_rgb(
     opts: UpscaleOptions,
     on_tile: Callable[[], None] | None = None,
 ) -> Tensor:
-    """(3,H,W) or (1,3,H,W) in [0,1] -> upscaled (3,H',W') in [0,1], float32 on the CPU."""
-    x = rgb[None] if rgb.dim() == 3 else rgb
+    """(3,H,W) or (1,3,H,W) in [0,1] -> upscaled (3,H',W') in [0,1], float32 on the CPU.
+
+    The float result in one tensor, for the Python API; `upscale_samples` is the same
+    computation quantised strip by strip (what the CLI runs).
+    """
+    x = rgb[0] if rgb.dim() == 4 else rgb
     h, w = x.shape[-2:]
+    scale = int(model.scale)
+    out_hw = output_size(h, w, scale, opts.outscale)
+    out = torch.empty(3, *out_hw)
     tile = choose_tile(h, w, opts, model)
-    x = x.to(device=opts.device, dtype=opts.dtype)
     while True:
         try:
             with torch.inference_mode():
-                y = upscale_tiled(model, x, model.scale, tile, opts.overlap, on_tile)
-            break
+                strips = network_strips(model, x, opts, tile, on_tile)
+                for r0, y in _resized(strips, (h * scale, w * scale), out_hw):
+                    out[:, r0 : r0 + y.shape[-2]] = y.clamp_(0, 1)
+            return out
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
-            tile = (max(h, w) if tile <= 0 else tile) // 2
+            tile = (max(h, w) + 2 * BORDER if tile <= 0 else tile) // 2
             if tile < MIN_RETRY_TILE:
                 raise
-    y = y.float().cpu()
-    if opts.outscale is not None and opts.outscale != model.scale:
-        size = (round(h * opts.outscale), round(w * opts.outscale))
-        y = imresize(y, size=size)
-    with torch.inference_mode(y.is_inference()):  # in place: y is the largest buffer we hold
-        return y.clamp_(0, 1)[0]
 
 
 def upscale_alpha(alpha: Tensor, size: tuple[int, int]) -> Tensor:
@@ -136,7 +348,7 @@ def upscale_alpha(alpha: Tensor, size: tuple[int, int]) -> Tensor:
 def upscale_loaded(
     model: SRModel, image: Image, opts: UpscaleOptions, on_tile: Callable[[], None] | None = None
 ) -> tuple[Tensor, Tensor | None]:
-    """RGB result and, when the image had one, its upscaled alpha."""
+    """RGB result and, when the image had one, its upscaled alpha (floats, for the API)."""
     out = upscale_rgb(model, image.rgb, opts, on_tile)
     alpha = image.alpha
     if alpha is not None:
@@ -154,8 +366,10 @@ def upscale_file(
 ) -> Path:
     """Read `src`, upscale, write `dst` atomically in the source's form; never touches `src`."""
     image = read_image(src)
-    out, alpha = upscale_loaded(model, image, opts or UpscaleOptions(), on_tile)
-    return write_like(out, dst, image, alpha=alpha, quality=quality)
+    samples = upscale_samples(
+        model, image, opts or UpscaleOptions(), on_tile, output_bit_depth(dst, image)
+    )
+    return write_samples_like(samples, dst, image, quality=quality)
 
 
 def upscale_image(image, model: SRModel, tile: int | None = None, overlap: int = 16):

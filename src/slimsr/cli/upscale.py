@@ -15,7 +15,8 @@ from slimsr.cli.app import app
 from slimsr.cli.eval import resolve_device, resolve_dtype
 from slimsr.errors import SlimsrError
 from slimsr.factory import create_model, load
-from slimsr.imaging import SUFFIXES, list_images, read_image, write_like
+from slimsr.imaging import SUFFIXES, list_images, read_image
+from slimsr.imaging.io import output_bit_depth, write_samples_like
 from slimsr.inference import prepare_for_inference
 from slimsr.model import SRModel
 from slimsr.quant.runtime import Runner, is_runtime_path, load_runner
@@ -23,7 +24,7 @@ from slimsr.upscale import (
     DEFAULT_MEMORY_BUDGET_MB,
     UpscaleOptions,
     planned_tiles,
-    upscale_loaded,
+    upscale_samples,
 )
 from slimsr.weights import default_model
 
@@ -171,10 +172,14 @@ def upscale_command(
                     continue
                 n_tiles = planned_tiles(image.height, image.width, opts, net)
                 progress.reset(tiles_task, total=n_tiles, description=f"tiles of {src.name}")
-                result, alpha = upscale_loaded(
-                    net, image, opts, lambda: progress.advance(tiles_task)
+                samples = upscale_samples(
+                    net,
+                    image,
+                    opts,
+                    lambda: progress.advance(tiles_task),
+                    output_bit_depth(dst, image),
                 )
-                write_like(result, dst, image, alpha=alpha, quality=quality)
+                write_samples_like(samples, dst, image, quality=quality)
                 done += 1
             except SlimsrError as exc:
                 failed.append(str(exc))

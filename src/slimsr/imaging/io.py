@@ -41,12 +41,16 @@ __all__ = [
     "ImageError",
     "from_rgb_tensor",
     "list_images",
+    "output_bit_depth",
     "quantize",
+    "quantize_into",
     "read_image",
     "tensor_to_uint8",
     "to_rgb_tensor",
     "write_image",
     "write_like",
+    "write_samples",
+    "write_samples_like",
 ]
 
 #: Suffix (lower case) -> Pillow format name, for reading and writing.
@@ -380,6 +384,11 @@ def tensor_to_uint8(t: Tensor) -> Tensor:
     return (t.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8)
 
 
+def quantize_into(dst: np.ndarray, t: Tensor, bit_depth: int = 8) -> None:
+    """`quantize(t)` written into the HWC uint view `dst`: how strips fill an output array."""
+    dst[...] = quantize(t, bit_depth)
+
+
 def quantize(t: Tensor, bit_depth: int = 8) -> np.ndarray:
     """(C,H,W) float -> HWC uint8/uint16: floor(clamp(x, 0, 1) * max + 0.5) in float64."""
     if bit_depth not in (8, 16):
@@ -465,10 +474,42 @@ def write_image(
         raise ImageError(f"{path}: 16-bit output is only supported for PNG")
     if fmt in _NO_ALPHA and channels in (2, 4):
         raise ImageError(f"{path}: {fmt} cannot store an alpha channel (write .png or .webp)")
-    samples = quantize(t, bit_depth)
+    return write_samples(
+        quantize(t, bit_depth), path, icc_profile=icc_profile, quality=quality, protect=protect
+    )
+
+
+def write_samples(
+    samples: np.ndarray,
+    path: str | os.PathLike[str],
+    *,
+    icc_profile: bytes | None = None,
+    quality: int = 95,
+    protect: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None = None,
+) -> Path:
+    """Write HWC uint8/uint16 samples (C: 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA) as they are.
+
+    The quantised form of `write_image` (same checks, same atomic write): the encoder reads
+    the array itself, so a large result needs no float copy on its way to the file.
+    """
+    path = Path(path)
+    fmt = SUFFIXES.get(path.suffix.lower())
+    if fmt is None:
+        known = ", ".join(sorted(SUFFIXES))
+        raise ImageError(f"{path}: unsupported output format {path.suffix!r} (use {known})")
+    for src in _as_paths(protect):
+        if path.exists() and src.exists() and os.path.samefile(path, src):
+            raise ImageError(f"{path}: refusing to overwrite the input image")
+    if samples.ndim != 3 or samples.shape[-1] not in (1, 2, 3, 4):
+        raise ValueError(f"write_samples expects HWC with C in 1..4, got {samples.shape}")
+    bit16 = samples.dtype == np.uint16
+    if bit16 and fmt != "PNG":
+        raise ImageError(f"{path}: 16-bit output is only supported for PNG")
+    if fmt in _NO_ALPHA and samples.shape[-1] in (2, 4):
+        raise ImageError(f"{path}: {fmt} cannot store an alpha channel (write .png or .webp)")
     try:
         with atomic_path(path) as tmp:
-            if bit_depth == 16:
+            if bit16:
                 tmp.write_bytes(_png16_bytes(samples, icc_profile))
             else:
                 _save_8bit(samples, tmp, fmt, icc_profile=icc_profile, quality=quality)
@@ -493,6 +534,20 @@ def _save_8bit(
     if fmt in ("JPEG", "WEBP"):
         options["quality"] = quality
     im.save(tmp, format=fmt, **options)
+
+
+def output_bit_depth(path: str | os.PathLike[str], like: Image) -> int:
+    """Bits per sample of a result written to `path` in the form of `like` (16: PNG only)."""
+    return like.bit_depth if SUFFIXES.get(Path(path).suffix.lower()) == "PNG" else 8
+
+
+def write_samples_like(
+    samples: np.ndarray, path: str | os.PathLike[str], like: Image, *, quality: int = 95
+) -> Path:
+    """Write `upscale_samples`' array with `like`'s ICC profile, never over `like`'s file."""
+    return write_samples(
+        samples, path, icc_profile=like.icc_profile, quality=quality, protect=like.path
+    )
 
 
 def write_like(

@@ -645,6 +645,13 @@ class OnnxUpscaler:
         return s
 
     def __call__(self, x: Tensor) -> Tensor:
+        """As `SRModel` in eval mode: mirrored border, cropped, clamped to [0,1]."""
+        from slimsr.model import predict_with_border
+
+        return predict_with_border(self.raw, x, self.scale)
+
+    def raw(self, x: Tensor) -> Tensor:
+        """The file's graph as is: zero padding at the image edge, unclamped."""
         arr = x.detach().to("cpu", torch.float32).numpy()
         out = _run(self.session, arr, str(self.path))
         return torch.from_numpy(out).to(x.device)

@@ -299,7 +299,7 @@ class Trainer:
             torch.no_grad(),
             torch.autocast(self.dist.device.type, dtype=dtype or torch.float32, enabled=amp),
         ):
-            teacher_sr = self.teacher(lr_img)
+            teacher_sr = self.teacher.raw(lr_img)  # eval mode, raw numerics
         dis, dis_terms = self.distill_loss(sr, teacher_sr)
         return self.config.distill.alpha * gt_loss + dis, {**terms, **dis_terms}
 
