@@ -11,7 +11,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from slimsr.cli.app import app
+from slimsr.cli.app import Command, app
 
 
 def report_table(report: dict[str, Any]) -> Table:
@@ -35,13 +35,22 @@ def report_table(report: dict[str, Any]) -> Table:
     return table
 
 
-@app.command("compress")
+@app.command(
+    "compress",
+    cls=Command,
+    short_help="Prune, size and distil a compact model (Jiang et al. 2024).",
+)
 def compress_command(
     recipe: Path = typer.Argument(
-        ..., help="Compression recipe (YAML), e.g. configs/compress_edsr_baseline_x2.yaml."
+        ...,
+        metavar="RECIPE",
+        help="Compression recipe (YAML), e.g. configs/compress_edsr_baseline_x2.yaml.",
     ),
     overrides: list[str] = typer.Option(
-        [], "--set", help="Override a key, e.g. --set distill.train.iterations=1000 (repeatable)."
+        [],
+        "--set",
+        metavar="KEY=VALUE",
+        help="Override a key, e.g. --set distill.train.iterations=1000 (repeatable).",
     ),
     check: bool = typer.Option(
         False, "--check", help="Validate the recipe, print it resolved, and exit."

@@ -8,20 +8,30 @@ from pathlib import Path
 
 import typer
 
-from slimsr.cli.app import app
+from slimsr.cli.app import Command, app
 from slimsr.errors import SlimsrError
 
 
-@app.command("train")
+@app.command(
+    "train",
+    cls=Command,
+    short_help="Train from a recipe; Ctrl-C saves, --resume continues exactly.",
+)
 def train_command(
     recipe: Path | None = typer.Argument(
-        None, help="Training recipe (YAML), e.g. configs/bsrn_s_x4.yaml."
+        None, metavar="RECIPE", help="Training recipe (YAML), e.g. configs/bsrn_s_x4.yaml."
     ),
     overrides: list[str] = typer.Option(
-        [], "--set", help="Override a key, e.g. --set train.lr=2e-4 (repeatable)."
+        [],
+        "--set",
+        metavar="KEY=VALUE",
+        help="Override a key, e.g. --set train.lr=2e-4 (repeatable).",
     ),
     resume: Path | None = typer.Option(
-        None, "--resume", help="Continue the run in this folder from its newest checkpoint."
+        None,
+        "--resume",
+        metavar="RUN_DIR",
+        help="Continue the run in this folder from its newest checkpoint.",
     ),
     print_schema: bool = typer.Option(
         False, "--print-schema", help="Print the recipe's JSON schema and exit."
