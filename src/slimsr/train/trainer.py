@@ -54,7 +54,12 @@ from slimsr.train.config import ConfigError, TrainConfig
 from slimsr.train.ema import EMA
 from slimsr.train.export import export_model
 from slimsr.train.losses import DistillationLoss, WeightedLoss
-from slimsr.train.memory import PREFETCH_FACTOR, check_memory, effective_workers
+from slimsr.train.memory import (
+    PREFETCH_FACTOR,
+    InsufficientMemoryError,
+    check_memory,
+    effective_workers,
+)
 from slimsr.train.optim import build_optimizer, trainable_parameters
 from slimsr.train.recipe import config_hash, dump_config
 from slimsr.train.resume import (
@@ -550,6 +555,16 @@ class Trainer:
             return None  # stopped between the last checkpoint and the export: export now
         return TrainResult(self.run_dir, at, weights=weights, best=None, finished_before=True)
 
+    def _check_memory(self) -> None:
+        """Refuse a run that would not fit, on every rank together (none is left waiting)."""
+        refused: InsufficientMemoryError | None = None
+        try:
+            check_memory(self.config)
+        except InsufficientMemoryError as exc:
+            refused = exc
+        if ddp.any_rank(refused is not None, self.dist):
+            raise refused or InsufficientMemoryError("another process of this run is out of memory")
+
     def _run(self) -> TrainResult:
         cfg = self.config
         dist = self.dist
@@ -558,8 +573,7 @@ class Trainer:
             done = self._finished_before()
             if done is not None:
                 return done
-        if dist.is_main:
-            check_memory(cfg)
+        self._check_memory()
         self.num_workers, workers_note = effective_workers(cfg.data.train.num_workers)
         self._pending_rng: list[Any] | None = None
         self._build()
