@@ -53,7 +53,9 @@ def compress_command(
         help="Override a key, e.g. --set distill.train.iterations=1000 (repeatable).",
     ),
     check: bool = typer.Option(
-        False, "--check", help="Validate the recipe, print it resolved, and exit."
+        False,
+        "--check",
+        help="Validate the recipe and each stage's memory estimate, print it resolved, and exit.",
     ),
 ) -> None:
     """Compress a model (Jiang et al. 2024): prune with OBProx-SG -> size by eqs. 5-7 -> distil.
@@ -68,7 +70,11 @@ def compress_command(
 
     config = load_compress_config(recipe, overrides)
     if check:
+        from slimsr.compress.workflow import check_stages_memory
+
         typer.echo(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), nl=False)
+        for stage, estimate in check_stages_memory(config):
+            print(f"memory ({stage} stage): {estimate.summary()}", file=sys.stderr)
         return
     try:
         result = compress(config, log=typer.echo)
