@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import slimsr
@@ -75,3 +76,131 @@ def test_reparam_end_to_end_and_refuses_to_clobber(tmp_path) -> None:
     out = run("reparam", str(dst), "-o", str(tmp_path / "again.safetensors"))
     assert out.returncode == 2 and "error:" in out.stderr
     assert not (tmp_path / "again.safetensors").exists()
+
+
+def run_here(args: list[str], capsys) -> tuple[int, str, str]:
+    """`slimsr ARGS` in this process (no interpreter start-up)."""
+    from slimsr.cli import main
+
+    try:
+        main(args)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def all_commands() -> dict[str, object]:
+    """Every command path ("upscale", "export onnx", ...) -> its click command."""
+    import typer
+
+    from slimsr.cli import app
+
+    found: dict[str, object] = {}
+
+    def walk(group, prefix: str) -> None:
+        for name, cmd in group.commands.items():
+            if hasattr(cmd, "commands"):
+                walk(cmd, f"{prefix}{name} ")
+            else:
+                found[f"{prefix}{name}"] = cmd
+
+    walk(typer.main.get_command(app), "")
+    return found
+
+
+def test_version_is_the_installed_distributions(capsys) -> None:
+    from importlib.metadata import version
+
+    code, out, _err = run_here(["--version"], capsys)
+    assert code == 0 and out == f"slimsr {version('slimsr')}\n"
+
+
+def test_command_summaries_are_whole_sentences(capsys) -> None:
+    code, out, _err = run_here(["--help"], capsys)
+    assert code == 0
+    rows = out.split("Commands:")[1].strip().splitlines()
+    names = {row.split()[0] for row in rows}
+    assert names == {
+        "compress",
+        "eval",
+        "export",
+        "info",
+        "models",
+        "profile",
+        "reparam",
+        "train",
+        "upscale",
+    }
+    for row in rows:
+        summary = row.split(None, 1)[1]
+        assert summary.endswith((".", ")")) and not summary.endswith("..."), row
+        assert len(row) <= 80, row
+    assert "Compress a model (Jiang et al.\n" not in out
+
+
+def test_help_uses_plain_placeholders_and_says_what_o_is(capsys) -> None:
+    commands = all_commands()
+    for path in commands:
+        code, out, _err = run_here([*path.split(), "--help"], capsys)
+        assert code == 0, path
+        for placeholder in ("{", "<list", "<path>", "<str>", "<int>", "<float>"):
+            assert placeholder not in out, (path, out)
+    outputs = {
+        "upscale": "folder",
+        "eval": "folder",
+        "export onnx": "file",
+        "export tflite": "file",
+        "reparam": "file",
+    }
+    for path, kind in outputs.items():
+        (option,) = [p for p in commands[path].params if "-o" in p.opts]
+        assert kind in option.help.lower(), (path, option.help)
+        assert option.metavar == ("DIR" if kind == "folder" else "FILE")
+
+
+def test_device_defaults_agree_across_commands() -> None:
+    commands = all_commands()
+    defaults = {
+        path: next(p.default for p in cmd.params if "--device" in p.opts)
+        for path, cmd in commands.items()
+        if any("--device" in p.opts for p in cmd.params)
+    }
+    assert {"upscale", "eval", "profile"} <= defaults.keys()
+    assert set(defaults.values()) == {"auto"}, defaults
+
+
+def test_info_reads_exported_onnx_and_tflite(tmp_path, capsys) -> None:
+    from slimsr.quant import export_onnx
+
+    model = slimsr.create_model("abpn", 3, num_feat=8, num_mid=1)
+    export_onnx(model, tmp_path / "m.onnx", verify=False)
+    code, out, err = run_here(["info", str(tmp_path / "m.onnx")], capsys)
+    assert code == 0, err
+    assert "ONNX, abpn x3, fp32" in out
+    assert "[batch,3,height,width]" in out and "[batch,3,out_height,out_width]" in out
+    pytest.importorskip("tensorflow", reason="needs the tflite-export extra (tensorflow-cpu)")
+    pytest.importorskip("ai_edge_litert", reason="needs the tflite extra (ai-edge-litert)")
+    from slimsr.quant.tflite import export_tflite
+
+    export_tflite(model, tmp_path / "m.tflite", verify=False)
+    code, out, err = run_here(["info", str(tmp_path / "m.tflite")], capsys)
+    assert code == 0, err
+    assert "TFLite, x3" in out and "fp32" in out and "float32 [1,?,?,3]" in out
+
+
+def test_plain_pickles_and_random_bytes_are_told_apart(tmp_path) -> None:
+    import pickle
+    import warnings
+
+    from slimsr.errors import CheckpointError
+
+    (tmp_path / "rand.pth").write_bytes(bytes(range(256)) * 8)
+    with open(tmp_path / "plain.pth", "wb") as f:
+        pickle.dump({"conv.weight": torch.zeros(2)}, f)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's protocol-4 UserWarning must not escape
+        with pytest.raises(CheckpointError, match=r"rand\.pth: not a readable checkpoint"):
+            read_checkpoint(tmp_path / "rand.pth")
+        with pytest.raises(CheckpointError, match=r"plain\.pth: a plain Python pickle"):
+            read_checkpoint(tmp_path / "plain.pth")

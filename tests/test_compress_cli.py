@@ -125,6 +125,19 @@ def test_three_stages_then_rerun_skips_them(tmp_path: Path) -> None:
         assert f"stage {stage}: done before" in again.stdout
     assert [p.stat().st_mtime_ns for p in artifacts] == stamps
 
+    # the run folder moves; the student is lost: the re-run (pointed at the new place) finds
+    # its finished distillation there, trains nothing and writes the student again
+    moved = tmp_path / "moved" / "cmp"
+    moved.parent.mkdir()
+    run.rename(moved)
+    (moved / "student.safetensors").unlink()
+    final = (moved / "distill" / "weights" / "final.json").read_bytes()
+    out = slimsr_here("compress", str(recipe), "--set", f"output_dir={moved.parent}")
+    assert out.returncode == 0, out.stderr
+    assert "distill: finished before" in out.stdout
+    assert (moved / "student.safetensors").is_file() and not run.exists()
+    assert (moved / "distill" / "weights" / "final.json").read_bytes() == final
+
 
 def test_given_density_and_a_teacher_of_another_architecture(tmp_path: Path) -> None:
     setup_recipe(tmp_path)

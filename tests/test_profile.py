@@ -358,6 +358,8 @@ def test_cli_profile_writes_json(tmp_path) -> None:
     assert d["flops"]["ntire2022"] == 27_102_622_560 and d["convs"] == 64
     res = run_cli("profile", "-m", "bsrn", "--input", "64x64", "--output", "1280x720")
     assert res.returncode == 2 and res.stderr.startswith("error: ")
-    res = run_cli("profile", "-m", "abpn", "-s", "3", "--input", "16x16", "--fp16")
+    res = run_cli(
+        "profile", "-m", "abpn", "-s", "3", "--input", "16x16", "--fp16", "--device", "cpu"
+    )
     assert res.returncode == 2 and "float16 needs a CUDA device" in res.stderr
     assert "Traceback" not in res.stderr

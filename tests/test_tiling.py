@@ -95,14 +95,21 @@ def test_out_of_memory_retries_with_smaller_tiles() -> None:
     y = upscale_rgb(SmallMemory(), x, UpscaleOptions(tile=0, overlap=8))
     # the image padded by BORDER (112 x 96) and 56-px tiles (fitted to 43 x 52) fail, 28 fit
     assert seen[0] == 96 + 2 * BORDER and seen[1] == 52 and max(seen[2:]) <= 28
-    with torch.inference_mode():
-        whole = model(x[None]).clamp(0, 1)[0]
+    whole = upscale_rgb(model, x, UpscaleOptions(tile=0, overlap=8))  # no OOM, one pass
     close = (y - whole).abs() <= 1 / 255
     assert close.float().mean() >= 0.999
 
 
 def test_memory_budget_decides_automatic_tiling() -> None:
-    from slimsr.upscale import UpscaleOptions, activation_bytes_per_pixel, choose_tile
+    from slimsr.model import BORDER
+    from slimsr.upscale import (
+        AUTO_TILE_MAX,
+        MIN_TILE,
+        UpscaleOptions,
+        activation_bytes_per_pixel,
+        choose_tile,
+        fixed_bytes,
+    )
 
     # conv 3->8 -> relu -> conv 8->12 -> x2 pixel shuffle: the two largest outputs are the
     # 12-channel conv map and the shuffled image (12 values per LR pixel), plus input and output
@@ -113,7 +120,21 @@ def test_memory_budget_decides_automatic_tiling() -> None:
         torch.nn.PixelShuffle(2),
     )
     assert activation_bytes_per_pixel(net) == (12 + 12 + 12 + 3) * 4
-    opts = UpscaleOptions(memory_budget_mb=1.0)  # 1 MiB / 156 B per pixel = 6721 pixels
-    assert choose_tile(80, 80, opts, net) == 0
-    assert choose_tile(90, 90, opts, net) == 80  # largest multiple of 8 below sqrt(6721)=81.9
+    # The budget is the whole command's: output array + encoder copy + input (fixed_bytes), then
+    # one tile's forward pass and the float32 blending strip (a row of tiles x output width).
+    net.scale = 2
+    assert choose_tile(80, 80, UpscaleOptions(memory_budget_mb=4.0), net) == 0
+    opts = UpscaleOptions(memory_budget_mb=8.0)
+    left = 8 * 2**20 - fixed_bytes(200, 200, 2, opts)
+    strip_row = 2 * 3 * 4 * 2 * 2 * (200 + 2 * BORDER)
+    tile = choose_tile(200, 200, opts, net)
+    assert MIN_TILE < tile < 200 and tile % 8 == 0 and tile * tile * 156 + tile * strip_row <= left
+    grown = tile + 8
+    assert grown * grown * 156 + grown * strip_row > left  # the largest that fits
+    # large images: the tile is capped, and everything planned fits the budget
+    big = UpscaleOptions(memory_budget_mb=2048)
+    tile = choose_tile(4000, 6000, big, net)
+    assert 0 < tile <= AUTO_TILE_MAX
+    planned = fixed_bytes(4000, 6000, 2, big) + tile * tile * 156 + tile * 2 * 3 * 4 * 4 * 6016
+    assert planned <= 2048 * 2**20
     assert choose_tile(90, 90, UpscaleOptions(tile=0, memory_budget_mb=1.0), net) == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from slimsr.train import Trainer, load_config, resume_config, train
+from tests.test_train_cli import assert_one_line_error, slimsr_here
 from tests.train_utils import assert_same_optimizer, assert_same_tensors, final_state, tiny_recipe
 
 # A child process that trains and kills itself (SIGKILL) right after the state at iteration
@@ -46,7 +48,9 @@ def run_child(recipe: dict, tmp: Path, at: int) -> subprocess.CompletedProcess:
     )
 
 
-def straight_and_resumed(tmp: Path, sig: int, workers: int, **over) -> tuple[dict, dict]:
+def straight_and_resumed(
+    tmp: Path, sig: int, workers: int, move_to: Path | None = None, **over
+) -> tuple[dict, dict]:
     n = 8
     common = {"data__train__num_workers": workers, "train__iterations": n, **over}
     straight = load_config(tiny_recipe(tmp, "straight", **common))
@@ -68,9 +72,13 @@ def straight_and_resumed(tmp: Path, sig: int, workers: int, **over) -> tuple[dic
         assert (stopped.iteration, stopped.interrupted) == (n // 2, True)
     assert final_state(run_dir)["iteration"] == n // 2
     assert not (run_dir / "weights" / "final.safetensors").exists()
+    if move_to is not None:  # the folder moves (and is renamed) between the two halves
+        move_to.parent.mkdir(parents=True, exist_ok=True)
+        run_dir = run_dir.rename(move_to)
 
     resumed = train(resume_config(run_dir), resume=True)
     assert resumed.iteration == n and not resumed.interrupted
+    assert resumed.run_dir == run_dir.resolve()
     return final_state(Path(recipe["output_dir"]) / "straight"), final_state(run_dir)
 
 
@@ -127,3 +135,66 @@ def test_resume_refuses_a_changed_schedule(tmp_path: Path) -> None:
     recipe["auto_resume"] = True
     recipe["train"]["iterations"] = 7
     assert train(load_config(recipe)).iteration == 7
+
+
+def test_a_moved_run_folder_resumes_in_place_bit_exactly(tmp_path: Path) -> None:
+    moved = tmp_path / "elsewhere" / "renamed"
+    a, b = straight_and_resumed(tmp_path, signal.SIGTERM, 0, move_to=moved)
+    assert_same_tensors(a["params"], b["params"])
+    assert_same_optimizer(a["optimizer"], b["optimizer"])
+    assert not (tmp_path / "runs" / "killed").exists()  # nothing written where it used to be
+    assert (moved / "weights" / "final.safetensors").is_file()
+    saved = load_config(moved / "config.yaml", check_paths=False)
+    assert (saved.output_dir, saved.name) == (moved.parent.resolve(), "renamed")
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_resuming_a_finished_run_is_a_no_op(tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path, "done", train__iterations=4)
+    train(load_config(recipe))
+    run_dir = Path(recipe["output_dir"]) / "done"
+    final = json.loads((run_dir / "weights" / "final.json").read_text())
+    assert final["training"]["validation"]["psnr"] > 0
+    before = _hashes(run_dir)
+    result = train(resume_config(run_dir), resume=True)
+    assert result.finished_before and result.iteration == 4
+    assert result.weights == [run_dir / "weights" / "final.safetensors"]
+    out = slimsr_here("train", "--resume", str(run_dir))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("\n") == 1 and "finished at iteration 4" in out.stdout
+    assert _hashes(run_dir) == before  # final.json keeps its metrics, train.jsonl untouched
+
+
+def test_resume_check_says_what_would_change_and_writes_nothing(tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path, "chk", train__iterations=4)
+    recipe["train"]["scheduler"] = {"type": "multistep", "milestones": [3]}
+    train(load_config(recipe))
+    run_dir = Path(recipe["output_dir"]) / "chk"
+    before = _hashes(run_dir)
+    out = slimsr_here("train", "--resume", str(run_dir), "--set", "train.iterations=6", "--check")
+    assert out.returncode == 0, out.stderr
+    assert "train.iterations: 4 -> 6" in out.stdout
+    assert "would continue from iteration 4 to 6" in out.stdout
+    out = slimsr_here("train", "--resume", str(run_dir), "--check")
+    assert (
+        out.returncode == 0 and "no changes" in out.stdout and "resuming does nothing" in out.stdout
+    )
+    for bad, key in (
+        ("model.kwargs.num_feat=8", "model.kwargs.num_feat"),
+        ("train.lr=0.5", "train.lr"),
+    ):
+        for extra in (["--check"], []):
+            out = slimsr_here("train", "--resume", str(run_dir), "--set", bad, *extra)
+            assert_one_line_error(out, key, "continue the same schedule")
+    out = slimsr_here("train", "--resume", str(run_dir), "--set", "train.iterations=3")
+    assert_one_line_error(out, "at iteration 4, past train.iterations 3")
+    out = slimsr_here("train", "--resume", str(run_dir), "--set", f"output_dir={tmp_path}")
+    assert_one_line_error(out, "--set output_dir", "stays in the folder")
+    assert _hashes(run_dir) == before

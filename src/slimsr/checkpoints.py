@@ -12,7 +12,9 @@ hyper-parameters, so `slimsr.load` never has to guess for files slimsr wrote.
 from __future__ import annotations
 
 import json
-import pickle
+import pickletools
+import re
+import warnings
 import zipfile
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -82,20 +84,54 @@ def read_checkpoint(path: str | Path, param_key: str | None = None) -> Checkpoin
 
 def _read_torch(path: Path) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unpickling failed"
-        if "Weights only load failed" in str(exc):
-            raise CheckpointError(
-                f"{path}: holds Python objects besides tensors; refusing to unpickle it "
-                "(only plain state dicts are loaded, for safety)"
-            ) from None
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"{path}: corrupt or truncated PyTorch checkpoint ({first})"
-        ) from None
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": we explain below
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any failure to parse a user's file is that file's problem
+        raise CheckpointError(_torch_load_problem(path, exc)) from None
+
+
+def _torch_load_problem(path: Path, exc: Exception) -> str:
+    """One line saying why `torch.load(weights_only=True)` refused `path`.
+
+    Three cases a user can tell apart: a checkpoint holding Python objects besides tensors
+    (a pickled class: refused for safety), a plain `pickle.dump` file (not a torch.save
+    checkpoint), and bytes that are neither (corrupt, truncated or another format).
+    """
+    text = str(exc)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return (
+            f"{path}: holds Python objects besides tensors ({found.group(1)}); refusing to "
+            "unpickle it (only plain state dicts are loaded, for safety)"
+        )
+    if not zipfile.is_zipfile(path) and _starts_with_pickle(path):
+        return (
+            f"{path}: a plain Python pickle, not a torch.save checkpoint; refusing to unpickle "
+            "it (save the state dict with torch.save or safetensors)"
+        )
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    detail = lines[0] if lines else type(exc).__name__
+    if "Weights only load failed" in detail:  # torch's preamble: the reason is further down
+        reason = [ln for ln in lines if "Unsupported" in ln or "error" in ln.lower()]
+        detail = reason[-1] if reason else "not a pickle or zip archive torch can read"
+    detail = detail.split(". ")[0]  # torch/miniz add paragraphs of advice
+    if " " not in detail:  # a bare KeyError / IndexError value says nothing alone
+        detail = f"{type(exc).__name__} {detail}"
+    return f"{path}: not a readable checkpoint (corrupt, truncated or another format: {detail})"
+
+
+def _starts_with_pickle(path: Path, limit: int = 1 << 20) -> bool:
+    """True when the file opens with one complete, well-formed pickle (read, never executed)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit)
+        for opcode, _arg, _pos in pickletools.genops(data):
+            if opcode.name == "STOP":
+                return True
+    except Exception:  # malformed opcodes, truncated data
+        return False
+    return False
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:

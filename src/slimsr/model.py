@@ -2,15 +2,15 @@
 
 Official networks expect different value ranges ([0,1] or [0,255]) and some need the input
 size to be a multiple of a window. Every model the API returns takes float RGB in [0,1],
-NCHW, of any size, and returns float RGB in [0,1].
+NCHW, of any size, and returns float RGB in [0,1]: clamped in eval mode; in train mode the
+output is `raw`, unclamped (a clamp would zero the gradients of out-of-range pixels).
+The raw network stays in `.net` with its official keys, so state dicts remain official.
 
 Borders: networks pad every convolution with zeros, which a flat colour image shows as a dark
-or bright rim (the bundled x4 turned a 1x1 image 95 levels off). In eval mode `forward` pads
-the input by `BORDER` LR pixels by symmetric mirroring (MATLAB's `imresize` padding, the edge
-pixel repeated; defined for any size, 1x1 included), runs, crops and clamps to [0,1]. In train
-mode it is `raw`: no border, no clamp (the clamp would zero gradients), so training numerics are
-those of the raw network. The raw network stays in `.net` with its official keys, so state
-dicts remain official.
+or bright rim (the bundled x4 turned a 1x1 image 95 levels off). `model(x)` keeps the
+networks' own zero padding, because that is what the papers evaluate and what `slimsr eval`
+reproduces; the picture-making pipeline (`slimsr.upscale`, `slimsr upscale`) adds `BORDER`
+LR pixels of mirrored context (`pad_border`) around the whole image and crops it off.
 """
 
 from __future__ import annotations
@@ -67,16 +67,6 @@ def _mirror_index(n: int, margin: int, device: torch.device) -> torch.Tensor:
     return torch.where(i >= n, 2 * n - 1 - i, i)
 
 
-def predict_with_border(
-    raw: Any, x: torch.Tensor, scale: int, margin: int = BORDER
-) -> torch.Tensor:
-    """`raw(x)` with `margin` LR pixels of mirrored context, cropped back and clamped to [0,1]."""
-    h, w = x.shape[-2:]
-    y = raw(pad_border(x, margin))
-    m = margin * scale
-    return y[..., m : m + h * scale, m : m + w * scale].clamp(0, 1)
-
-
 class SRModel(nn.Module):
     """A registered network behind the [0,1] RGB convention; see module docstring."""
 
@@ -102,13 +92,13 @@ class SRModel(nn.Module):
         return count_parameters(self.net)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Eval mode: `raw` with a mirrored border, clamped to [0,1]; train mode: `raw`."""
-        if self.training:
-            return self.raw(x)
-        return predict_with_border(self.raw, x, self.scale)
+        """`raw`, clamped to [0,1] in eval mode (see the module docstring)."""
+        y = self.raw(x)
+        return y if self.training else y.clamp(0, 1)
 
     def raw(self, x: torch.Tensor) -> torch.Tensor:
-        """The network under the [0,1] convention, zero-padded at the image edge, unclamped."""
+        """The network under the [0,1] convention, zero-padded at the image edge, unclamped
+        (what ONNX export captures and what a distillation teacher gives)."""
         h, w = x.shape[-2:]
         x, ph, pw = pad_input(x, self.info.size_multiple, self.info.min_size)
         r = self.info.input_range

@@ -11,7 +11,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from slimsr.cli.app import app
+from slimsr.cli.app import Command, app
 
 
 def report_table(report: dict[str, Any]) -> Table:
@@ -35,16 +35,27 @@ def report_table(report: dict[str, Any]) -> Table:
     return table
 
 
-@app.command("compress")
+@app.command(
+    "compress",
+    cls=Command,
+    short_help="Prune, size and distil a compact model (Jiang et al. 2024).",
+)
 def compress_command(
     recipe: Path = typer.Argument(
-        ..., help="Compression recipe (YAML), e.g. configs/compress_edsr_baseline_x2.yaml."
+        ...,
+        metavar="RECIPE",
+        help="Compression recipe (YAML), e.g. configs/compress_edsr_baseline_x2.yaml.",
     ),
     overrides: list[str] = typer.Option(
-        [], "--set", help="Override a key, e.g. --set distill.train.iterations=1000 (repeatable)."
+        [],
+        "--set",
+        metavar="KEY=VALUE",
+        help="Override a key, e.g. --set distill.train.iterations=1000 (repeatable).",
     ),
     check: bool = typer.Option(
-        False, "--check", help="Validate the recipe, print it resolved, and exit."
+        False,
+        "--check",
+        help="Validate the recipe and each stage's memory estimate, print it resolved, and exit.",
     ),
 ) -> None:
     """Compress a model (Jiang et al. 2024): prune with OBProx-SG -> size by eqs. 5-7 -> distil.
@@ -59,7 +70,11 @@ def compress_command(
 
     config = load_compress_config(recipe, overrides)
     if check:
+        from slimsr.compress.workflow import check_stages_memory
+
         typer.echo(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), nl=False)
+        for stage, estimate in check_stages_memory(config):
+            print(f"memory ({stage} stage): {estimate.summary()}", file=sys.stderr)
         return
     try:
         result = compress(config, log=typer.echo)

@@ -12,7 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from slimsr.cli.app import app
+from slimsr.cli.app import Command, app
+from slimsr.cli.checks import check_output_folder
 from slimsr.errors import SlimsrError
 from slimsr.evaluate import (
     Dataset,
@@ -31,6 +32,8 @@ from slimsr.fileio import atomic_write_text
 from slimsr.metrics import PROTOCOLS
 from slimsr.model import SRModel
 from slimsr.quant.runtime import Runner, is_runtime_path, load_runner
+
+RESULT_FILES = ("results.json", "results.csv")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -140,24 +143,48 @@ def results_csv(results: list[DatasetResult]) -> str:
     return buf.getvalue()
 
 
-@app.command("eval")
+def check_results_folder(out: Path, overwrite: bool) -> None:
+    """Refuse a folder that is a file or already holds results (unless --overwrite)."""
+    check_output_folder(out)
+    earlier = [out / name for name in RESULT_FILES if (out / name).exists()]
+    if earlier and not overwrite:
+        raise SlimsrError(
+            f"{earlier[0]} exists from an earlier run; pass -o NEW_FOLDER, or --overwrite to "
+            "replace it"
+        )
+
+
+@app.command(
+    "eval",
+    cls=Command,
+    short_help="PSNR/SSIM of a model (or bicubic) on benchmark sets.",
+)
 def eval_command(
-    model: str = typer.Option(None, "-m", "--model", help="Registered name, or 'bicubic'."),
-    scale: int = typer.Option(None, "-s", "--scale", help="Upscaling factor."),
-    weights: Path = typer.Option(None, "-w", "--weights", help="Weights file (any format)."),
-    data: list[Path] = typer.Option(
-        [], "--data", help="Dataset root with HR/ and LR_bicubic/X<s>/ (repeatable)."
+    model: str = typer.Option(
+        None, "-m", "--model", metavar="NAME", help="Registered name, or 'bicubic'."
     ),
-    hr: list[Path] = typer.Option([], "--hr", help="HR folder (repeatable)."),
-    lr: list[Path] = typer.Option([], "--lr", help="LR folder for the matching --hr."),
+    scale: int = typer.Option(None, "-s", "--scale", help="Upscaling factor."),
+    weights: Path = typer.Option(
+        None, "-w", "--weights", metavar="FILE", help="Weights file (any format)."
+    ),
+    data: list[Path] = typer.Option(
+        [], "--data", metavar="DIR", help="Dataset root with HR/ and LR_bicubic/X<s>/ (repeatable)."
+    ),
+    hr: list[Path] = typer.Option([], "--hr", metavar="DIR", help="HR folder (repeatable)."),
+    lr: list[Path] = typer.Option(
+        [], "--lr", metavar="DIR", help="LR folder for the matching --hr."
+    ),
     generate_lr: bool = typer.Option(
         False, "--generate-lr", help="Make LR from HR with MATLAB-exact bicubic, ignore LR files."
     ),
     protocol: str = typer.Option(
-        "basicsr", "--protocol", help="basicsr (Y, border=scale) | ntire (RGB, border 4) | rgb."
+        "basicsr",
+        "--protocol",
+        metavar="PROTOCOL",
+        help="basicsr (Y, border=scale) | ntire (RGB, border 4) | rgb.",
     ),
     ensemble: bool = typer.Option(False, "--self-ensemble", help="x8 flips/rotations average."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto | cpu | cuda."),
     fp16: bool = typer.Option(False, "--fp16", help="Half precision (models that support it)."),
     bf16: bool = typer.Option(False, "--bf16", help="bfloat16 (models that support it)."),
     fuse: bool = typer.Option(
@@ -166,16 +193,35 @@ def eval_command(
     save_images: bool = typer.Option(
         False, "--save-images", help="Write SR images and bicubic|SR|HR crops."
     ),
-    out: Path = typer.Option(None, "-o", "--out", help="Folder for results.json/.csv/images."),
-    param_key: str = typer.Option(None, "--param-key", help="e.g. params or params_ema."),
+    out: Path = typer.Option(
+        None,
+        "-o",
+        "--out",
+        metavar="DIR",
+        help="Output folder for results.json/.csv (and images) (default: eval_results/MODEL_x<s>).",
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace the results of an earlier run in the output folder."
+    ),
+    param_key: str = typer.Option(
+        None, "--param-key", metavar="KEY", help="e.g. params or params_ema."
+    ),
     tflite_io: str = typer.Option(
-        "auto", "--tflite-io", help="auto | uint8 (require an INT8 .tflite) | float."
+        "auto", "--tflite-io", metavar="IO", help="auto | uint8 (require an INT8 .tflite) | float."
     ),
 ) -> None:
-    """Evaluate a model (or bicubic) on benchmark sets: PSNR/SSIM per image and mean."""
+    """Evaluate a model (or bicubic) on benchmark sets: PSNR/SSIM per image and mean.
+
+    An output folder holding an earlier run's results is refused unless --overwrite.
+    """
     if protocol not in PROTOCOLS:
         raise SlimsrError(f"--protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
+    if out is not None:
+        check_results_folder(out, overwrite)
     label, scale, net = resolve_model(model, scale, weights, param_key, tflite_io)
+    if out is None:
+        out = Path("eval_results") / f"{label.split(' ')[0]}_x{scale}"
+        check_results_folder(out, overwrite)
     datasets = collect_datasets(data, hr, lr, scale, generate_lr)
     dev, dtype = resolve_device(device), resolve_dtype(fp16, bf16)
     upscale: Upscaler
@@ -191,7 +237,6 @@ def eval_command(
             upscale = net.to(device=dev, dtype=dtype).eval()
     if ensemble:
         upscale = self_ensemble(upscale)
-    out = out or Path("eval_results") / f"{label.split(' ')[0]}_x{scale}"
     console = Console(markup=False, highlight=False, stderr=True)
     results = []
     for ds in datasets:

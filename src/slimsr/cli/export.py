@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from slimsr.cli.app import app
+from slimsr.cli.app import Command, app
 from slimsr.errors import SlimsrError
 from slimsr.factory import create_model, load
 from slimsr.model import SRModel
@@ -33,21 +33,31 @@ def load_for_export(model: str | None, scale: int | None, weights: Path | None) 
     return net
 
 
-@export_app.command("onnx")
+@export_app.command(
+    "onnx", cls=Command, short_help="Export to ONNX (fp32, fp16 or INT8), dynamic N/H/W."
+)
 def onnx_command(
-    output: Path = typer.Option(..., "-o", "--output", help="The .onnx file to write."),
-    model: str = typer.Option(None, "-m", "--model", help="Registered model name."),
+    output: Path = typer.Option(
+        ..., "-o", "--output", metavar="FILE", help="Output file (.onnx), not a folder."
+    ),
+    model: str = typer.Option(None, "-m", "--model", metavar="NAME", help="Registered model name."),
     scale: int = typer.Option(None, "-s", "--scale", help="Upscaling factor."),
-    weights: Path = typer.Option(None, "-w", "--weights", help="Weights file (any format)."),
+    weights: Path = typer.Option(
+        None, "-w", "--weights", metavar="FILE", help="Weights file (any format)."
+    ),
     fp16: bool = typer.Option(False, "--fp16", help="fp16 weights and compute (float32 IO)."),
     int8: bool = typer.Option(False, "--int8", help="INT8 QDQ (plain-conv models; --calib)."),
-    calib: Path = typer.Option(None, "--calib", help="Folder of calibration images (--int8)."),
+    calib: Path = typer.Option(
+        None, "--calib", metavar="DIR", help="Folder of calibration images (--int8)."
+    ),
     calib_crops: int = typer.Option(64, "--calib-crops", help="Random crops to calibrate on."),
     calib_size: int = typer.Option(48, "--calib-size", help="Crop size (px)."),
     calib_downscale: int = typer.Option(
         1, "--calib-downscale", help="Shrink calibration images first (HR photos -> LR-like)."
     ),
-    calib_method: str = typer.Option("percentile", "--calib-method", help="percentile | minmax."),
+    calib_method: str = typer.Option(
+        "percentile", "--calib-method", metavar="METHOD", help="percentile | minmax."
+    ),
     opset: int = typer.Option(None, "--opset", help="ONNX opset (default 17; 13..20)."),
     verify: bool = typer.Option(
         True, "--verify/--no-verify", help="Compare onnxruntime with PyTorch at two sizes."
@@ -90,20 +100,32 @@ def onnx_command(
         typer.echo(f"verified with onnxruntime: {checks} (limit {result.limit})")
 
 
-@export_app.command("tflite")
+@export_app.command(
+    "tflite", cls=Command, short_help="Export a plain-conv model to TFLite (float or INT8)."
+)
 def tflite_command(
-    output: Path = typer.Option(..., "-o", "--output", help="The .tflite file to write."),
-    model: str = typer.Option(None, "-m", "--model", help="Registered model name."),
+    output: Path = typer.Option(
+        ..., "-o", "--output", metavar="FILE", help="Output file (.tflite), not a folder."
+    ),
+    model: str = typer.Option(None, "-m", "--model", metavar="NAME", help="Registered model name."),
     scale: int = typer.Option(None, "-s", "--scale", help="Upscaling factor."),
-    weights: Path = typer.Option(None, "-w", "--weights", help="Float weights (any format)."),
+    weights: Path = typer.Option(
+        None, "-w", "--weights", metavar="FILE", help="Float weights (any format)."
+    ),
     int8: bool = typer.Option(
         False, "--int8", help="Full-integer INT8, uint8 IO (ranges calibrated on --calib)."
     ),
     qat_weights: Path = typer.Option(
-        None, "--qat-weights", help="Weights of a QAT run (ranges in its sidecar); INT8."
+        None,
+        "--qat-weights",
+        metavar="FILE",
+        help="Weights of a QAT run (ranges in its sidecar); INT8.",
     ),
     calib: Path = typer.Option(
-        None, "--calib", help="Folder of calibration images (--int8; default: bundled example)."
+        None,
+        "--calib",
+        metavar="DIR",
+        help="Folder of calibration images (--int8; default: bundled example).",
     ),
     calib_crops: int = typer.Option(64, "--calib-crops", help="Random crops to calibrate on."),
     calib_size: int = typer.Option(48, "--calib-size", help="Crop size (px)."),

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from slimsr.cli.app import app
+from slimsr.cli.app import Command, app
 from slimsr.registry import count_parameters, get_model_info, list_models
 
 
@@ -41,9 +41,13 @@ def model_rows(pattern: str) -> list[dict]:
     return rows
 
 
-@app.command("models")
+@app.command(
+    "models",
+    cls=Command,
+    short_help="List registered models: scales, parameters, input range, sizes.",
+)
 def models_command(
-    pattern: str = typer.Argument("*", help="Shell-style filter, e.g. 'bsrn*'."),
+    pattern: str = typer.Argument("*", metavar="PATTERN", help="Shell-style filter, e.g. 'bsrn*'."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """List registered models: scales, parameters per scale, input range, size multiple."""

@@ -7,13 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from slimsr.cli.app import app
-from slimsr.cli.eval import resolve_dtype
+from slimsr.cli.app import Command, app
+from slimsr.cli.eval import resolve_device, resolve_dtype
 from slimsr.errors import SlimsrError
 from slimsr.factory import create_model, load
 from slimsr.fileio import atomic_write_text
@@ -37,14 +36,6 @@ def _resolve(model: str | None, scale: int | None, weights: Path | None) -> SRMo
             raise SlimsrError(f"{weights} is a x{net.scale} model, not x{scale}")
         return net
     return create_model(model, scale, weights)
-
-
-def _device(device: str) -> torch.device:
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise SlimsrError(f"--device must be cpu or cuda, not {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SlimsrError("--device cuda asked for, but no CUDA device is available")
-    return torch.device(device)
 
 
 def _mb(n: int) -> str:
@@ -107,20 +98,36 @@ def report_table(report: ProfileReport) -> Table:
     return table
 
 
-@app.command("profile")
+@app.command(
+    "profile",
+    cls=Command,
+    short_help="Params, FLOPs, activations, runtime and peak memory of a model.",
+)
 def profile_command(
-    model: str = typer.Option(None, "-m", "--model", help="Registered model name."),
+    model: str = typer.Option(None, "-m", "--model", metavar="NAME", help="Registered model name."),
     scale: int = typer.Option(None, "-s", "--scale", help="Upscaling factor."),
     weights: Path = typer.Option(
-        None, "-w", "--weights", help="Weights (optional: counts and timings do not need them)."
+        None,
+        "-w",
+        "--weights",
+        metavar="FILE",
+        help="Weights (optional: counts and timings do not need them).",
     ),
     input_size: str = typer.Option(
-        None, "--input", help="LR input size WxH (default 256x256, the NTIRE setting)."
+        None,
+        "--input",
+        metavar="WxH",
+        help="LR input size (default 256x256, the NTIRE setting).",
     ),
     output_size: str = typer.Option(
-        None, "--output", help="Output size WxH instead, e.g. 1280x720 (the papers' Mult-Adds)."
+        None,
+        "--output",
+        metavar="WxH",
+        help="Output size instead, e.g. 1280x720 (the papers' Mult-Adds); not a file.",
     ),
-    device: str = typer.Option("cpu", "--device", help="cpu | cuda."),
+    device: str = typer.Option(
+        "auto", "--device", metavar="DEVICE", help="auto (CUDA if available) | cpu | cuda."
+    ),
     threads: int = typer.Option(None, "--threads", help="CPU threads (default: torch's)."),
     repeats: int = typer.Option(10, "--repeats", help="Timed runs after the warm-up."),
     warmup: int = typer.Option(2, "--warmup", help="Warm-up runs (timed, reported, excluded)."),
@@ -139,7 +146,9 @@ def profile_command(
     bf16: bool = typer.Option(False, "--bf16", help="Time bfloat16 (models that support it)."),
     no_runtime: bool = typer.Option(False, "--no-runtime", help="Counts only: no timing."),
     no_memory: bool = typer.Option(False, "--no-memory", help="Skip the peak-memory run."),
-    json_out: Path = typer.Option(None, "--json", help="Write the report as JSON here."),
+    json_out: Path = typer.Option(
+        None, "--json", metavar="FILE", help="Write the report as JSON to this file."
+    ),
 ) -> None:
     """Params, FLOPs in every convention, activations, convs, runtime and peak memory."""
     if input_size is not None and output_size is not None:
@@ -149,7 +158,7 @@ def profile_command(
         net,
         input_hw=parse_size(input_size) if input_size else None,
         output_hw=parse_size(output_size) if output_size else None,
-        device=_device(device),
+        device=resolve_device(device),
         threads=threads,
         warmup=warmup,
         repeats=repeats,

@@ -6,18 +6,26 @@ from pathlib import Path
 
 import typer
 
-from slimsr.cli.app import app
+from slimsr.cli.app import Command, app
 from slimsr.errors import SlimsrError
 from slimsr.factory import load, save
 
 
-@app.command("reparam")
+@app.command(
+    "reparam",
+    cls=Command,
+    short_help="Fold re-parameterisable blocks into plain convs (deploy form).",
+)
 def reparam_command(
     weights: Path = typer.Argument(
-        ..., help="Train-time weights (e.g. an fmen_s_train checkpoint)."
+        ..., metavar="WEIGHTS", help="Train-time weights (e.g. an fmen_s_train checkpoint)."
     ),
     output: Path = typer.Option(
-        ..., "-o", "--output", help="Deploy weights to write (.safetensors)."
+        ...,
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="Output file: the deploy weights (.safetensors), not a folder.",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUTPUT if it exists."),
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import math
 import os
 from pathlib import Path
 
@@ -11,7 +12,16 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from slimsr.cli.app import app
+from slimsr.cli.app import Command, app, one_line
+from slimsr.cli.checks import (
+    MAX_OUTSCALE,
+    MIN_TILE,
+    check_file_name_part,
+    check_output_folder,
+    check_outscale,
+    check_tile,
+    inside,
+)
 from slimsr.cli.eval import resolve_device, resolve_dtype
 from slimsr.errors import SlimsrError
 from slimsr.factory import create_model, load
@@ -87,39 +97,98 @@ def rank_share(items: list[Path]) -> tuple[list[Path], int, int]:
     return items[rank::world], rank, world
 
 
-@app.command("upscale")
+def plan_outputs(files: list[Path], out: Path, suffix: str, ext: str) -> dict[Path, Path]:
+    """Each input's output path, refused up front when two inputs would share one, when an
+    output would replace an input, or land outside `out`."""
+    inputs = {p.resolve(): p for p in files}
+    planned: dict[Path, Path] = {}
+    claimed: dict[Path, Path] = {}
+    for src in files:
+        dst = output_path(src, out, suffix, ext, bit16=False)
+        key = dst.resolve()
+        if not inside(dst, out):
+            raise SlimsrError(f"{dst}: outside the output folder {out}")
+        if key in inputs:
+            raise SlimsrError(f"{dst}: would overwrite an input; use --suffix or another -o")
+        if key in claimed:
+            raise SlimsrError(
+                f"{claimed[key]} and {src} would both be written to {dst}; upscale them "
+                "into different -o folders"
+            )
+        claimed[key] = src
+        planned[src] = dst
+    return planned
+
+
+@app.command(
+    "upscale",
+    cls=Command,
+    short_help="Upscale images with the bundled model or any weights file.",
+)
 def upscale_command(
-    inputs: list[str] = typer.Argument(..., help="Image files, folders or glob patterns."),
-    out: Path = typer.Option(Path("upscaled"), "-o", "--output", help="Output folder."),
-    model: str = typer.Option(None, "-m", "--model", help="Registered model name."),
-    weights: Path = typer.Option(None, "-w", "--weights", help="Weights (default: bundled)."),
+    inputs: list[str] = typer.Argument(
+        ..., metavar="INPUT", help="Image files, folders or glob patterns."
+    ),
+    out: Path = typer.Option(
+        Path("upscaled"),
+        "-o",
+        "--output",
+        metavar="DIR",
+        help="Output folder (created if missing; outputs are named INPUT_SUFFIX.EXT).",
+    ),
+    model: str = typer.Option(None, "-m", "--model", metavar="NAME", help="Registered model name."),
+    weights: Path = typer.Option(
+        None, "-w", "--weights", metavar="FILE", help="Weights (default: bundled)."
+    ),
     scale: int = typer.Option(
         None, "-s", "--scale", help="Network scale (default: x4 if bundled, else the bundled one)."
     ),
-    outscale: float = typer.Option(None, "--outscale", help="Final scale (resized after)."),
-    suffix: str = typer.Option(None, "--suffix", help="Appended to names (default x<scale>)."),
-    ext: str = typer.Option("auto", "--ext", help="auto | png | jpg | webp."),
+    outscale: float = typer.Option(
+        None,
+        "--outscale",
+        help=f"Final scale, resized after the network; in (0, {MAX_OUTSCALE:g}].",
+    ),
+    suffix: str = typer.Option(
+        None, "--suffix", help="Appended to names (default x<scale>); no '/' or '..'."
+    ),
+    ext: str = typer.Option("auto", "--ext", metavar="EXT", help="auto | png | jpg | webp."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
-    tile: int = typer.Option(None, "--tile", help="LR tile size (0: never; default: auto)."),
-    overlap: int = typer.Option(16, "--tile-overlap", help="Overlap between tiles (LR px)."),
+    tile: int = typer.Option(
+        None,
+        "--tile",
+        min=0,
+        help=f"LR tile size: 0 never tiles, else at least {MIN_TILE} and twice the overlap "
+        "(default: auto, from --max-memory).",
+    ),
+    overlap: int = typer.Option(16, "--tile-overlap", min=0, help="Overlap between tiles (LR px)."),
     max_memory: float = typer.Option(
         DEFAULT_MEMORY_BUDGET_MB,
         "--max-memory",
+        metavar="MB",
         help="MB one forward pass may use; larger images are tiled automatically.",
     ),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto | cpu | cuda."),
     fp16: bool = typer.Option(False, "--fp16", help="Half precision (CUDA)."),
     bf16: bool = typer.Option(False, "--bf16", help="bfloat16."),
-    quality: int = typer.Option(95, "--quality", help="JPEG/WebP quality."),
+    quality: int = typer.Option(95, "--quality", min=1, max=100, help="JPEG/WebP quality."),
     compile_model: bool = typer.Option(
         False, "--compile", help="torch.compile the network (slow first call; many images)."
     ),
 ) -> None:
-    """Upscale images with the bundled model or any supported weights file."""
+    """Upscale images with the bundled model or any supported weights file.
+
+    Bad options and clashing output names are refused before any image is read; existing
+    outputs are skipped unless --overwrite.
+    """
     if ext not in EXT_CHOICES:
         raise SlimsrError(f"--ext must be one of {', '.join(EXT_CHOICES)}, not {ext!r}")
-    if outscale is not None and outscale <= 0:
-        raise SlimsrError("--outscale must be positive")
+    check_outscale(outscale)
+    check_tile(tile, overlap, None)
+    if max_memory <= 0 or not math.isfinite(max_memory):
+        raise SlimsrError("--max-memory must be a positive number of MB")
+    if suffix is not None:
+        check_file_name_part(suffix, "--suffix")
+    check_output_folder(out)
     files = expand_inputs(inputs)
     dtype = resolve_dtype(fp16, bf16)
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -130,12 +199,13 @@ def upscale_command(
     net.check_dtype(dtype)
     if fp16 and dev.type == "cpu":
         raise SlimsrError("--fp16 needs a CUDA device; use --bf16 on CPU")
+    check_tile(tile, overlap, net)
+    suffix = suffix if suffix is not None else f"x{outscale or net.scale:g}"
+    planned = plan_outputs(files, out, suffix, ext)  # every rank checks every name
     if isinstance(net, SRModel):  # the fast path: fused form / measured memory layout
         net = prepare_for_inference(net, dev, dtype, compile=compile_model)
     else:
         net = net.to(device=dev, dtype=dtype).eval()
-    if max_memory <= 0:
-        raise SlimsrError("--max-memory must be positive (MB)")
     opts = UpscaleOptions(
         tile=tile,
         overlap=overlap,
@@ -144,32 +214,29 @@ def upscale_command(
         dtype=dtype,
         memory_budget_mb=max_memory,
     )
-    suffix = suffix if suffix is not None else f"x{outscale or net.scale:g}"
-    inputs_resolved = {p.resolve() for p in files}
     mine, rank, world = rank_share(files)
     done, skipped, failed = 0, [], []
-    console = Console(stderr=True, markup=False, highlight=False)
+    console = Console(stderr=True, markup=False, highlight=False, emoji=False)
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         console=console,
-        disable=rank != 0,
+        disable=rank != 0 or not console.is_terminal,  # no bar lines in logs and pipes
     )
     with progress:
         images_task = progress.add_task("images", total=len(mine))
         tiles_task = progress.add_task("tiles", total=1)
         for src in mine:
             try:
-                image = read_image(src)
-                dst = output_path(src, out, suffix, ext, image.bit_depth == 16)
-                if dst.resolve() in inputs_resolved:
-                    raise SlimsrError(f"{dst}: would overwrite an input; use --suffix")
+                dst = planned[src]
                 if dst.exists() and not overwrite:
                     skipped.append(dst)
                     progress.advance(images_task)
                     continue
+                image = read_image(src)
+                dst = output_path(src, out, suffix, ext, image.bit_depth == 16)
                 n_tiles = planned_tiles(image.height, image.width, opts, net)
                 progress.reset(tiles_task, total=n_tiles, description=f"tiles of {src.name}")
                 samples = upscale_samples(
@@ -179,11 +246,12 @@ def upscale_command(
                     lambda: progress.advance(tiles_task),
                     output_bit_depth(dst, image),
                 )
+                progress.update(tiles_task, completed=n_tiles)  # untiled: one pass, no callback
                 write_samples_like(samples, dst, image, quality=quality)
                 done += 1
             except SlimsrError as exc:
                 failed.append(str(exc))
-                console.print(f"error: {exc}")
+                console.print(f"error: {one_line(str(exc))}", soft_wrap=True)
             progress.advance(images_task)
     where = f" (rank {rank}/{world})" if world > 1 else ""
     typer.echo(f"upscaled {done} image(s) into {out}{where}")

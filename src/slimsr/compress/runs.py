@@ -41,6 +41,8 @@ def run_stage(
         shutil.rmtree(folder)
         log(f"{stage}: removed {folder}, an earlier attempt that saved no checkpoint")
     result = train(config, callbacks=callbacks)
+    if result.finished_before:
+        log(f"{stage}: finished before ({folder}), nothing to train")
     if result.interrupted:
         raise StageInterrupted(stage, result)
     return result

@@ -42,6 +42,7 @@ from slimsr.fileio import atomic_write_text
 from slimsr.model import SRModel
 from slimsr.profile import profile_model
 from slimsr.registry import get_model_info
+from slimsr.train.memory import MemoryEstimate, check_memory
 from slimsr.train.validation import evaluate_images
 
 COMPACT_FILE = "compact.json"
@@ -210,12 +211,33 @@ def build_report(
     }
 
 
+def _planned_student(cfg: CompressConfig) -> tuple[str, dict[str, Any]]:
+    """The compact model when the density is known up front, else the original (an upper
+    bound of the student's size, for the memory estimate)."""
+    if cfg.prune.density is None:
+        return cfg.model.name, cfg.model.kwargs
+    info = get_model_info(cfg.model.name)
+    with torch.device("meta"):
+        net = info.build(cfg.model.scale, **cfg.model.kwargs)
+    plan = size_model(SRModel(net, info, cfg.model.scale, cfg.model.kwargs), cfg.prune.density)
+    return plan.compact_name, plan.compact_kwargs
+
+
+def check_stages_memory(cfg: CompressConfig) -> list[tuple[str, MemoryEstimate]]:
+    """Each training stage's memory estimate, or a one-line error for the first that does not
+    fit this machine (naming the `--set data.train.batch_size` that does)."""
+    stages = []
+    if cfg.prune.density is None:
+        stages.append(("prune", prune_train_config(cfg)))
+    stages.append(("distill", distill_train_config(cfg, *_planned_student(cfg))))
+    return [(s, check_memory(c, what=f"{cfg.name} ({s} stage)")) for s, c in stages]
+
+
 def compress(cfg: CompressConfig, log: Log = print) -> CompressResult:
     """Run (or continue) the whole workflow of a recipe; see the module docstring."""
     teacher = _teacher(cfg)  # a teacher of the wrong scale fails before anything runs
-    if cfg.prune.density is None:
-        prune_train_config(cfg)  # recipe problems of stage 1 surface before any work
-    distill_train_config(cfg, cfg.model.name, cfg.model.kwargs)  # likewise (data, patch size)
+    # recipe problems of both training stages (data, patch size, memory) surface before any work
+    check_stages_memory(cfg)
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     header = "# resolved by slimsr compress: every default written out\n"

@@ -18,7 +18,11 @@ baked into a graph cannot go unnoticed.
 
 FMEN train-time models are exported in their re-parameterised deploy form. fp16 exports keep
 float32 IO (casts inside the graph). INT8 uses onnxruntime's static QDQ quantisation
-(per-channel int8 weights, uint8 activations) and is offered for plain-conv graphs only.
+(per-channel int8 weights, int8 activations: "S8S8") and is offered for plain-conv graphs only.
+Not uint8 activations ("U8S8"): on x86 CPUs without VNNI (AVX2 only), onnxruntime runs U8S8
+convolutions with VPMADDUBSW, whose 16-bit pair sums saturate, so the same file loses ~1 dB
+more there than on a VNNI CPU (official ABPN x3 on Set5: -0.955 vs -0.074 dB). S8S8 gives the
+same integer results on both.
 """
 
 from __future__ import annotations
@@ -507,7 +511,10 @@ def _as_samples(calibration: Any) -> list[np.ndarray]:
 
 
 def _quantize_qdq(proto: Any, samples: list[np.ndarray], method: str, name: str) -> Any:
-    """Static QDQ quantisation: per-channel int8 weights, uint8 activations, float32 IO."""
+    """Static QDQ quantisation: per-channel int8 weights, int8 activations, float32 IO.
+
+    Activations are int8 (S8S8), not uint8: see the module docstring (saturation on AVX2).
+    """
     onnx = require("onnx")
     require("onnxruntime")
     from onnxruntime.quantization import (
@@ -547,7 +554,7 @@ def _quantize_qdq(proto: Any, samples: list[np.ndarray], method: str, name: str)
                     Reader(),
                     quant_format=QuantFormat.QDQ,
                     per_channel=True,
-                    activation_type=QuantType.QUInt8,
+                    activation_type=QuantType.QInt8,
                     weight_type=QuantType.QInt8,
                     calibrate_method=methods[method],
                 )
@@ -645,12 +652,6 @@ class OnnxUpscaler:
         return s
 
     def __call__(self, x: Tensor) -> Tensor:
-        """As `SRModel` in eval mode: mirrored border, cropped, clamped to [0,1]."""
-        from slimsr.model import predict_with_border
-
-        return predict_with_border(self.raw, x, self.scale)
-
-    def raw(self, x: Tensor) -> Tensor:
         """The file's graph as is: zero padding at the image edge, unclamped."""
         arr = x.detach().to("cpu", torch.float32).numpy()
         out = _run(self.session, arr, str(self.path))

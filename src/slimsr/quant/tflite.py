@@ -550,12 +550,6 @@ class TFLiteUpscaler:
         return out
 
     def __call__(self, x: Tensor) -> Tensor:
-        """As `SRModel` in eval mode: mirrored border, cropped, clamped to [0,1]."""
-        from slimsr.model import predict_with_border
-
-        return predict_with_border(self.raw, x, self.scale)
-
-    def raw(self, x: Tensor) -> Tensor:
         """The file's graph as is: zero padding at the image edge, unclamped."""
         arr = x.detach().to("cpu", torch.float32).numpy()
         outs = [self._run_hwc(img.transpose(1, 2, 0) * 255.0) for img in arr]

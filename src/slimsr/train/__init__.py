@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from slimsr.train.config import ConfigError, TrainConfig, json_schema
 from slimsr.train.recipe import config_hash, dump_config, load_config
+from slimsr.train.resume import resume_config
 from slimsr.train.trainer import (
     Trainer,
     TrainingDivergedError,
     TrainResult,
-    resume_config,
     train,
 )
 

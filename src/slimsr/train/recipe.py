@@ -354,8 +354,8 @@ def dump_config(config: TrainConfig) -> str:
     return header + yaml.safe_dump(config_to_dict(config), sort_keys=False, allow_unicode=True)
 
 
-def config_diff(a: TrainConfig, b: TrainConfig) -> list[str]:
-    """Dotted keys whose values differ between two configs."""
+def config_changes(a: TrainConfig, b: TrainConfig) -> list[tuple[str, Any, Any]]:
+    """(dotted key, value in a, value in b) for every key whose value differs, sorted."""
 
     def flat(obj: Any, prefix: str = "") -> dict[str, Any]:
         if isinstance(obj, dict):
@@ -366,4 +366,10 @@ def config_diff(a: TrainConfig, b: TrainConfig) -> list[str]:
         return {prefix: obj}
 
     fa, fb = flat(config_to_dict(a)), flat(config_to_dict(b))
-    return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
+    keys = sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
+    return [(k, fa.get(k), fb.get(k)) for k in keys]
+
+
+def config_diff(a: TrainConfig, b: TrainConfig) -> list[str]:
+    """Dotted keys whose values differ between two configs."""
+    return [key for key, _, _ in config_changes(a, b)]

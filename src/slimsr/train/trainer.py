@@ -54,27 +54,25 @@ from slimsr.train.config import ConfigError, TrainConfig
 from slimsr.train.ema import EMA
 from slimsr.train.export import export_model
 from slimsr.train.losses import DistillationLoss, WeightedLoss
+from slimsr.train.memory import (
+    PREFETCH_FACTOR,
+    InsufficientMemoryError,
+    check_memory,
+    effective_workers,
+)
 from slimsr.train.optim import build_optimizer, trainable_parameters
-from slimsr.train.recipe import config_diff, config_hash, dump_config, load_config
+from slimsr.train.recipe import config_hash, dump_config
+from slimsr.train.resume import (
+    RunFolderError,
+    checkpoint_iteration,
+    finished_weights,
+    past_end_message,
+    resume_changes,
+    saved_config,
+)
 from slimsr.train.runlog import ConsoleView, EventLog, Scalars
 from slimsr.train.schedules import build_schedule
 from slimsr.train.validation import evaluate_images
-
-#: Keys a resumed run may change without breaking "continues the same schedule".
-RESUMABLE_CHANGES = (
-    "auto_resume",
-    "device",
-    "train.iterations",
-    "train.max_nonfinite_steps",
-    "data.train.num_workers",
-    "data.val.",
-    "logging.",
-)
-
-
-def _resumable(key: str) -> bool:
-    return any(key == p.rstrip(".") or key.startswith(p) for p in RESUMABLE_CHANGES)
-
 
 Callback = Callable[[str, "Trainer"], None]
 """Called with an event name ("step", "checkpoint", "validation") after it happens."""
@@ -82,10 +80,6 @@ Callback = Callable[[str, "Trainer"], None]
 
 class TrainingDivergedError(SlimsrError):
     """The loss or gradients stayed NaN/Inf for too many steps in a row."""
-
-
-class RunFolderError(SlimsrError):
-    """The run folder exists (and resuming was not asked for), or is not a run folder."""
 
 
 @dataclass
@@ -113,6 +107,8 @@ class TrainResult:
     weights: list[Path] = field(default_factory=list)
     metrics: dict[str, float] | None = None
     best: dict[str, Any] | None = None
+    finished_before: bool = False
+    """Resumed a run that had already finished: nothing was run or written."""
 
 
 def _seed_all(seed: int) -> None:
@@ -135,15 +131,6 @@ def _ignore_signals(_: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     torch.set_num_threads(1)
-
-
-def resume_config(run_dir: Path, overrides: Sequence[str] = ()) -> TrainConfig:
-    """The config saved in a run folder, with `--set` overrides (for `--resume RUN_DIR`)."""
-    run_dir = Path(run_dir)
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise RunFolderError(f"{run_dir}: not a slimsr run folder (no config.yaml)")
-    return load_config(path, overrides)
 
 
 class Trainer:
@@ -174,23 +161,9 @@ class Trainer:
         latest = latest_checkpoint(self.ckpt_dir)
         want = self.config.auto_resume if self.resume is None else self.resume
         if want and latest is not None:
-            saved = self.run_dir / "config.yaml"
-            if saved.is_file():
-                changed = config_diff(load_config(saved, check_paths=False), self.config)
-                bad = [k for k in changed if not _resumable(k)]
-                sched = self.config.train.scheduler
-                if "train.iterations" in changed and getattr(sched, "periods", 0) is None:
-                    raise ResumeError(
-                        f"{self.run_dir}: changing train.iterations would reshape the cosine "
-                        "schedule (one cycle over the whole run); keep the original iterations, "
-                        "or use a schedule with fixed periods or milestones"
-                    )
-                if bad:
-                    raise ResumeError(
-                        f"{self.run_dir}: the recipe differs from the run's config.yaml in "
-                        f"{', '.join(bad)}; a resumed run must continue the same schedule "
-                        "(start a new run with another name, or model.pretrained)"
-                    )
+            saved = saved_config(self.run_dir)
+            if saved is not None:
+                resume_changes(saved, self.config, self.run_dir)
             return latest
         if self.resume:
             raise ResumeError(f"{self.run_dir}: no training state to resume (no checkpoints/)")
@@ -374,11 +347,11 @@ class Trainer:
             dataset,
             batch_size=self.sampler.local_batch,
             sampler=self.sampler,
-            num_workers=d.num_workers,
+            num_workers=self.num_workers,
             pin_memory=dist.device.type == "cuda",
-            worker_init_fn=_ignore_signals if d.num_workers else None,
+            worker_init_fn=_ignore_signals if self.num_workers else None,
             persistent_workers=False,
-            prefetch_factor=4 if d.num_workers else None,
+            prefetch_factor=PREFETCH_FACTOR if self.num_workers else None,
             # its own generator: creating the iterator must not draw from the global torch RNG
             generator=torch.Generator().manual_seed(self.config.seed),
         )
@@ -565,10 +538,43 @@ class Trainer:
         ddp.teardown(self.dist)
         return result
 
+    def _finished_before(self) -> TrainResult | None:
+        """A resume of a run that reached its iterations and exported: nothing to do.
+
+        Nothing is rebuilt or written, so final.json keeps its validation metrics and every
+        file stays byte-identical. A run past `train.iterations` cannot be resumed at all.
+        """
+        at = checkpoint_iteration(self.run_dir)
+        total = self.config.train.iterations
+        if at is None or at < total:
+            return None
+        if at > total:
+            raise ResumeError(past_end_message(self.run_dir, at, total))
+        weights = finished_weights(self.run_dir)
+        if not weights:
+            return None  # stopped between the last checkpoint and the export: export now
+        return TrainResult(self.run_dir, at, weights=weights, best=None, finished_before=True)
+
+    def _check_memory(self) -> None:
+        """Refuse a run that would not fit, on every rank together (none is left waiting)."""
+        refused: InsufficientMemoryError | None = None
+        try:
+            check_memory(self.config)
+        except InsufficientMemoryError as exc:
+            refused = exc
+        if ddp.any_rank(refused is not None, self.dist):
+            raise refused or InsufficientMemoryError("another process of this run is out of memory")
+
     def _run(self) -> TrainResult:
         cfg = self.config
         dist = self.dist
         resume_from = self._find_resume_state()
+        if resume_from is not None:
+            done = self._finished_before()
+            if done is not None:
+                return done
+        self._check_memory()
+        self.num_workers, workers_note = effective_workers(cfg.data.train.num_workers)
         self._pending_rng: list[Any] | None = None
         self._build()
         if resume_from is not None:
@@ -636,6 +642,8 @@ class Trainer:
             )
         if self.scalars.unavailable:
             view.report("tensorboard is not installed: scalars go to train.jsonl only")
+        if workers_note is not None:
+            view.report(workers_note)
         if self.val_images and resume_from is None and dist.is_main:
             base = evaluate_images(
                 None, self.val_images, cfg.model.scale, protocol=cfg.data.val.protocol
@@ -659,6 +667,8 @@ class Trainer:
 
         weights: list[Path] = []
         if not interrupted and dist.is_main:
+            if self.last_metrics is None and self.val_images and self._nonfinite_streak == 0:
+                self.last_metrics = self.validate()  # resumed at the end, before the export
             weights = self.export("final", self.last_metrics)
             self.log.write("end", iter=self.iteration, weights=weights, best=self.best)
         elif interrupted and dist.is_main:

@@ -1,0 +1,137 @@
+"""What `--resume RUN_DIR` continues, what it may change, and when it has nothing to do.
+
+The run folder named on the command line *is* the run: its `config.yaml` is read and its
+location (`output_dir`, `name`) replaced by where the folder is now, so a folder that was moved
+or renamed resumes in place instead of writing to the path it was first created at. The
+location keys are therefore not "changes"; everything else is compared with the saved config,
+and only what keeps the schedule (`RESUMABLE_CHANGES`) may differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from slimsr.errors import SlimsrError
+from slimsr.train.checkpoint import ResumeError, list_checkpoints
+from slimsr.train.config import CosineSchedule, TrainConfig
+from slimsr.train.recipe import config_changes, load_config, read_recipe
+
+#: Keys a resumed run may change without breaking "continues the same schedule".
+RESUMABLE_CHANGES = (
+    "auto_resume",
+    "device",
+    "train.iterations",
+    "train.max_nonfinite_steps",
+    "data.train.num_workers",
+    "data.val.",
+    "logging.",
+)
+
+LOCATION_KEYS = ("output_dir", "name")
+"""Where the run folder is, not what it trains: taken from the folder itself on resume."""
+
+
+class RunFolderError(SlimsrError):
+    """The run folder exists (and resuming was not asked for), or is not a run folder."""
+
+
+def _resumable(key: str) -> bool:
+    return any(key == p.rstrip(".") or key.startswith(p) for p in RESUMABLE_CHANGES)
+
+
+def resume_config(run_dir: Path, overrides: Sequence[str] = ()) -> TrainConfig:
+    """The config saved in a run folder, with `--set` overrides, located where the folder is."""
+    run_dir = Path(run_dir)
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise RunFolderError(f"{run_dir}: not a slimsr run folder (no config.yaml)")
+    for text in overrides:
+        key = text.partition("=")[0].strip()
+        if key in LOCATION_KEYS:
+            raise ResumeError(
+                f"--set {key}: a resumed run stays in the folder given to --resume ({run_dir}); "
+                "move or rename the folder instead"
+            )
+    doc = read_recipe(path, overrides, None, "a run's config.yaml is a YAML mapping")
+    folder = run_dir.resolve()
+    doc.data["output_dir"] = str(folder.parent)
+    doc.data["name"] = folder.name
+    return doc.validate(TrainConfig, True)
+
+
+def saved_config(run_dir: Path) -> TrainConfig | None:
+    """The run folder's config.yaml as it was written (paths not checked), or None."""
+    path = Path(run_dir) / "config.yaml"
+    return load_config(path, check_paths=False) if path.is_file() else None
+
+
+def resume_changes(saved: TrainConfig, config: TrainConfig, run_dir: Path) -> list[str]:
+    """`key: old -> new` for each change a resume would make; `ResumeError` for a change that
+    would not continue the same run (one line naming the keys)."""
+    changed = [c for c in config_changes(saved, config) if c[0] not in LOCATION_KEYS]
+    keys = [key for key, _, _ in changed]
+    bad = [k for k in keys if not _resumable(k)]
+    if bad:
+        raise ResumeError(
+            f"{run_dir}: the recipe differs from the run's config.yaml in {', '.join(bad)}; a "
+            "resumed run must continue the same schedule (start a new run with another name, "
+            "or model.pretrained)"
+        )
+    sched = config.train.scheduler
+    if "train.iterations" in keys and isinstance(sched, CosineSchedule) and sched.periods is None:
+        raise ResumeError(
+            f"{run_dir}: changing train.iterations would reshape the cosine schedule (one cycle "
+            "over the whole run); keep the original iterations, or use a schedule with fixed "
+            "periods or milestones"
+        )
+    return [f"{key}: {_show(old)} -> {_show(new)}" for key, old, new in changed]
+
+
+def _show(value: Any) -> str:
+    return "(unset)" if value is None else str(value)
+
+
+def checkpoint_iteration(run_dir: Path) -> int | None:
+    """The iteration of the newest training state in the run folder, from its file name."""
+    found = list_checkpoints(Path(run_dir) / "checkpoints")
+    return found[-1][0] if found else None
+
+
+def finished_weights(run_dir: Path) -> list[Path]:
+    """The final weights a finished run wrote (empty: the run did not finish exporting)."""
+    weights = Path(run_dir) / "weights"
+    final = weights / "final.safetensors"
+    if not final.is_file():
+        return []
+    deploy = weights / "final_deploy.safetensors"
+    return [final, deploy] if deploy.is_file() else [final]
+
+
+def plan_resume(run_dir: Path, config: TrainConfig) -> list[str]:
+    """What `--resume RUN_DIR ... --check` reports: the changes and where the run stands."""
+    run_dir = Path(run_dir)
+    saved = saved_config(run_dir)
+    assert saved is not None  # resume_config found it
+    lines = resume_changes(saved, config, run_dir)
+    at = checkpoint_iteration(run_dir)
+    total = config.train.iterations
+    if at is None:
+        raise ResumeError(f"{run_dir}: no training state to resume (no checkpoints/)")
+    if at > total:
+        raise ResumeError(past_end_message(run_dir, at, total))
+    if at == total and finished_weights(run_dir):
+        lines.append(f"{run_dir}: finished at iteration {at} of {total}; resuming does nothing")
+    else:
+        lines.append(f"{run_dir}: would continue from iteration {at} to {total}")
+    if len(lines) == 1:
+        lines.insert(0, "no changes to the run's config.yaml")
+    return lines
+
+
+def past_end_message(run_dir: Path, at: int, total: int) -> str:
+    return (
+        f"{run_dir}: the run is at iteration {at}, past train.iterations {total}; nothing to "
+        f"resume (a longer run: --set train.iterations=N with N > {at})"
+    )
