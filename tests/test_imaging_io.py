@@ -356,23 +356,29 @@ def test_write_is_atomic_and_protects_inputs(tmp_path: Path) -> None:
     assert src.read_bytes() == before
 
 
+@pytest.mark.parametrize("suffix", ["png", "jpg"])
 def test_failed_write_leaves_no_partial_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str
 ) -> None:
     import slimsr.imaging.io as imaging_io
 
-    target = tmp_path / "out.png"
+    target = tmp_path / f"out.{suffix}"
     target.write_bytes(b"previous result")
 
     def half_written(samples: np.ndarray, tmp: Path, fmt: str, **_: object) -> None:
-        tmp.write_bytes(b"\x89PNG partial")
+        tmp.write_bytes(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(imaging_io, "_save_8bit", half_written)
-    with pytest.raises(ImageError, match=r"out\.png.*disk full"):
+    def half_streamed(self: imaging_io.PngStream, samples: np.ndarray) -> None:
+        self.fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(imaging_io, "_save_8bit", half_written)  # JPEG/WebP: Pillow
+    monkeypatch.setattr(imaging_io.PngStream, "write_rows", half_streamed)  # PNG: streamed
+    with pytest.raises(ImageError, match=rf"out\.{suffix}.*disk full"):
         write_image(torch.rand(3, 4, 4), target)
     assert target.read_bytes() == b"previous result"
-    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
     with pytest.raises(ValueError):
         write_image(torch.rand(5, 4, 4), tmp_path / "bad.png")
 

@@ -133,3 +133,27 @@ def test_runtime_files_are_tiled_under_the_budget(tmp_path) -> None:
     got = upscale_samples(runner, image, opts)
     want = upscale_samples(model, image, UpscaleOptions(tile=0))
     assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize(("channels", "bits"), [(3, 8), (4, 8), (1, 16), (2, 16)])
+def test_streamed_png_holds_the_same_samples(tmp_path, channels, bits) -> None:
+    """PNG results are written strip by strip (`PngStream`); the file decodes to exactly the
+    array the in-memory path computes, for every layout and bit depth."""
+    from slimsr.imaging import read_image
+    from slimsr.upscale import upscale_to_file
+
+    gen = torch.Generator().manual_seed(10 + channels)
+    image = Image(
+        torch.rand(channels, 140, 33, generator=gen),
+        had_alpha=channels in (2, 4),
+        was_gray=channels in (1, 2),
+        bit_depth=bits,
+        icc_profile=None,
+    )
+    model = small_model()
+    opts = UpscaleOptions(tile=48, overlap=16)
+    upscale_to_file(model, image, tmp_path / "out.png", opts)
+    want = upscale_samples(model, image, opts)
+    back = read_image(tmp_path / "out.png")
+    assert back.bit_depth == bits and back.tensor.shape[0] == channels
+    assert np.array_equal(quantize(back.tensor, bits), want)

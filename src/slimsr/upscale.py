@@ -25,8 +25,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from slimsr.imaging import Image, imresize, read_image
-from slimsr.imaging.io import from_rgb_tensor, output_bit_depth, quantize_into, write_samples_like
+from slimsr.fileio import atomic_path
+from slimsr.imaging import SUFFIXES, Image, imresize, read_image
+from slimsr.imaging.io import (
+    ImageError,
+    PngStream,
+    check_output,
+    from_rgb_tensor,
+    output_bit_depth,
+    quantize,
+    write_samples_like,
+)
 from slimsr.imaging.resize import _device_weights, _resize_dim
 from slimsr.model import BORDER, SRModel, pad_border
 from slimsr.tiling import count_tiles, tiled_strips
@@ -52,7 +61,7 @@ hooks: 4 KiB is 8 float32 feature maps of 64 channels alive at once plus the x4 
 than any network the project exports needs (EDSR-mini x4 measures ~0.6 KiB)."""
 
 ROW_CHUNK = 64
-"""Output rows quantised at a time (bounds the float64 temporaries of `quantize_into`)."""
+"""Output rows quantised at a time (bounds the float64 temporaries of `quantize`)."""
 
 _PROBE = 32
 
@@ -130,15 +139,24 @@ def output_size(h: int, w: int, scale: int, outscale: float | None) -> tuple[int
     return round(h * outscale), round(w * outscale)
 
 
-def fixed_bytes(h: int, w: int, scale: int, opts: UpscaleOptions, channels: int = 4) -> float:
-    """Memory an upscale needs whatever the tile: the uint8 output array (`channels`), the
-    encoder's copy of it (Pillow holds 4 bytes a pixel) and the LR input, plain and padded."""
+def fixed_bytes(
+    h: int, w: int, scale: int, opts: UpscaleOptions, output_in_memory: bool = True
+) -> float:
+    """Memory an upscale needs whatever the tile: the LR input, plain and padded, and, unless
+    the result is streamed to a PNG, the output array (up to 4 uint8 channels) and the
+    encoder's copy of it (Pillow holds 4 bytes a pixel)."""
     oh, ow = output_size(h, w, scale, opts.outscale)
     lr = 3 * 4 * (h * w + (h + 2 * BORDER) * (w + 2 * BORDER))
-    return oh * ow * (channels + 4) + lr
+    return (oh * ow * 8 if output_in_memory else 0) + lr
 
 
-def choose_tile(h: int, w: int, opts: UpscaleOptions, model: object | None = None) -> int:
+def choose_tile(
+    h: int,
+    w: int,
+    opts: UpscaleOptions,
+    model: object | None = None,
+    output_in_memory: bool = True,
+) -> int:
     """The tile to use: the user's, or automatic from the memory budget (0: whole image).
 
     The budget left after `fixed_bytes` pays for the forward pass of one tile and the float32
@@ -153,7 +171,7 @@ def choose_tile(h: int, w: int, opts: UpscaleOptions, model: object | None = Non
             opts.bytes_per_pixel = RUNNER_BYTES_PER_PIXEL
     scale = int(getattr(model, "scale", 4))
     ph, pw = h + 2 * BORDER, w + 2 * BORDER
-    left = opts.memory_budget_mb * 2**20 - fixed_bytes(h, w, scale, opts)
+    left = opts.memory_budget_mb * 2**20 - fixed_bytes(h, w, scale, opts, output_in_memory)
     if max(ph, pw) <= AUTO_TILE_MAX and ph * pw * opts.bytes_per_pixel <= left:
         return 0
     strip_row = 2 * 3 * 4 * scale * scale * pw
@@ -162,8 +180,14 @@ def choose_tile(h: int, w: int, opts: UpscaleOptions, model: object | None = Non
     )
 
 
-def planned_tiles(h: int, w: int, opts: UpscaleOptions, model: object | None = None) -> int:
-    tile = choose_tile(h, w, opts, model)
+def planned_tiles(
+    h: int,
+    w: int,
+    opts: UpscaleOptions,
+    model: object | None = None,
+    output_in_memory: bool = True,
+) -> int:
+    tile = choose_tile(h, w, opts, model, output_in_memory)
     ph, pw = h + 2 * BORDER, w + 2 * BORDER
     return 1 if tile <= 0 else count_tiles(ph, pw, tile, opts.overlap)
 
@@ -267,6 +291,65 @@ def _alpha_strips(alpha: Tensor, out_hw: tuple[int, int]) -> Iterator[tuple[int,
         yield r0, a.clamp(0, 1)
 
 
+class _RowQueue:
+    """Rows of an in-order strip iterator handed out by range (aligns alpha with RGB strips)."""
+
+    def __init__(self, strips: Iterator[tuple[int, np.ndarray]]) -> None:
+        self.strips, self.buf, self.start = strips, None, 0
+
+    def take(self, a: int, b: int) -> np.ndarray:
+        while self.buf is None or self.start + len(self.buf) < b:
+            _, rows = next(self.strips)
+            self.buf = rows if self.buf is None else np.concatenate([self.buf, rows])
+        out = self.buf[a - self.start : b - self.start]
+        self.buf, self.start = self.buf[b - self.start :], b
+        return out
+
+
+def upscale_rows(
+    model: Any,
+    image: Image,
+    opts: UpscaleOptions,
+    tile: int,
+    on_tile: Callable[[], None] | None = None,
+    bit_depth: int | None = None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """The upscaled image as `(first_row, (rows, W', C) uint8/uint16)` strips, top to bottom,
+    in the source's layout (gray, alpha). Run it under `torch.inference_mode()`.
+
+    Every strip is final: resized (`--outscale`), clamped, turned gray if the source was and
+    quantised, then dropped by the caller; no full-size float image exists (module docstring).
+    """
+    bits = bit_depth or image.bit_depth
+    scale = int(model.scale)
+    h, w = image.height, image.width
+    out_hw = output_size(h, w, scale, opts.outscale)
+    alpha = None
+    if image.alpha is not None:
+        alpha = _RowQueue((r, quantize(a, bits)) for r, a in _alpha_strips(image.alpha, out_hw))
+    strips = network_strips(model, image.rgb, opts, tile, on_tile)
+    for r0, y in _resized(strips, (h * scale, w * scale), out_hw):
+        y = from_rgb_tensor(y.clamp_(0, 1), gray=image.was_gray)
+        for r in range(0, y.shape[-2], ROW_CHUNK):
+            rows = quantize(y[:, r : r + ROW_CHUNK], bits)
+            a = r0 + r
+            if alpha is not None:
+                rows = np.concatenate([rows, alpha.take(a, a + rows.shape[0])], axis=-1)
+            yield a, rows
+
+
+def _retrying(h: int, w: int, tile: int, attempt: Callable[[int], Any]) -> Any:
+    """`attempt(tile)`, halving the tile after each CUDA out-of-memory error."""
+    while True:
+        try:
+            return attempt(tile)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            tile = (max(h, w) + 2 * BORDER if tile <= 0 else tile) // 2
+            if tile < MIN_RETRY_TILE:
+                raise
+
+
 def upscale_samples(
     model: Any,
     image: Image,
@@ -274,40 +357,68 @@ def upscale_samples(
     on_tile: Callable[[], None] | None = None,
     bit_depth: int | None = None,
 ) -> np.ndarray:
-    """The upscaled image as HWC uint8/uint16 samples in the source's layout (gray, alpha).
+    """The upscaled image as one HWC uint8/uint16 array in the source's layout (gray, alpha).
 
     Equal to quantising `upscale_loaded`'s float result with `write_like` (same values, bit for
-    bit), but no full-size float copy is made: see the module docstring. `bit_depth` defaults
-    to the source's.
+    bit) without a full-size float copy. `bit_depth` defaults to the source's.
     """
     bits = bit_depth or image.bit_depth
-    scale = int(model.scale)
-    h, w = image.height, image.width
-    out_hw = output_size(h, w, scale, opts.outscale)
+    out_hw = output_size(image.height, image.width, int(model.scale), opts.outscale)
     channels = (1 if image.was_gray else 3) + (1 if image.had_alpha else 0)
     out = np.empty((*out_hw, channels), np.uint8 if bits == 8 else np.uint16)
-    alpha = image.alpha
-    if alpha is not None:
-        for r0, a in _alpha_strips(alpha, out_hw):
-            quantize_into(out[r0 : r0 + a.shape[-2], :, -1:], a, bits)
-    rgb = image.rgb
-    tile = choose_tile(h, w, opts, model)
-    while True:
+
+    def attempt(tile: int) -> np.ndarray:
+        with torch.inference_mode():
+            for r0, rows in upscale_rows(model, image, opts, tile, on_tile, bits):
+                out[r0 : r0 + rows.shape[0]] = rows
+        return out
+
+    return _retrying(
+        image.height, image.width, choose_tile(image.height, image.width, opts, model), attempt
+    )
+
+
+def streams_to_png(dst: str | os.PathLike[str]) -> bool:
+    """True when `upscale_to_file` streams the result (PNG): no output array in memory."""
+    return SUFFIXES.get(Path(dst).suffix.lower()) == "PNG"
+
+
+def upscale_to_file(
+    model: Any,
+    image: Image,
+    dst: str | os.PathLike[str],
+    opts: UpscaleOptions,
+    on_tile: Callable[[], None] | None = None,
+    quality: int = 95,
+) -> Path:
+    """Upscale `image` into `dst` atomically, in the source's form; never touches the source.
+
+    PNG results are streamed (`PngStream`): each strip is written as it is finished, so memory
+    does not grow with the output. JPEG and WebP encoders need the whole image: one uint8
+    array, plus Pillow's copy of it.
+    """
+    dst = Path(dst)
+    bits = output_bit_depth(dst, image)
+    channels = (1 if image.was_gray else 3) + (1 if image.had_alpha else 0)
+    check_output(dst, channels, bits == 16, image.path)
+    if not streams_to_png(dst):
+        samples = upscale_samples(model, image, opts, on_tile, bits)
+        return write_samples_like(samples, dst, image, quality=quality)
+    out_h, out_w = output_size(image.height, image.width, int(model.scale), opts.outscale)
+
+    def attempt(tile: int) -> Path:
         try:
-            with torch.inference_mode():
-                strips = network_strips(model, rgb, opts, tile, on_tile)
-                for r0, y in _resized(strips, (h * scale, w * scale), out_hw):
-                    y = from_rgb_tensor(y.clamp_(0, 1), gray=image.was_gray)
-                    for r in range(0, y.shape[-2], ROW_CHUNK):
-                        part = y[:, r : r + ROW_CHUNK]
-                        rows = slice(r0 + r, r0 + r + part.shape[-2])
-                        quantize_into(out[rows, :, : part.shape[0]], part, bits)
-            return out
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            tile = (max(h, w) + 2 * BORDER if tile <= 0 else tile) // 2
-            if tile < MIN_RETRY_TILE:
-                raise
+            with atomic_path(dst) as tmp, open(tmp, "wb") as fh, torch.inference_mode():
+                png = PngStream(fh, out_w, out_h, channels, bits, image.icc_profile)
+                for _, rows in upscale_rows(model, image, opts, tile, on_tile, bits):
+                    png.write_rows(rows)
+                png.close()
+        except OSError as exc:  # disk full, permissions: nothing was written
+            raise ImageError(f"{dst}: cannot write image ({exc})") from exc
+        return dst
+
+    tile = choose_tile(image.height, image.width, opts, model, output_in_memory=False)
+    return _retrying(image.height, image.width, tile, attempt)
 
 
 def upscale_rgb(
@@ -326,19 +437,15 @@ def upscale_rgb(
     scale = int(model.scale)
     out_hw = output_size(h, w, scale, opts.outscale)
     out = torch.empty(3, *out_hw)
-    tile = choose_tile(h, w, opts, model)
-    while True:
-        try:
-            with torch.inference_mode():
-                strips = network_strips(model, x, opts, tile, on_tile)
-                for r0, y in _resized(strips, (h * scale, w * scale), out_hw):
-                    out[:, r0 : r0 + y.shape[-2]] = y.clamp_(0, 1)
-            return out
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            tile = (max(h, w) + 2 * BORDER if tile <= 0 else tile) // 2
-            if tile < MIN_RETRY_TILE:
-                raise
+
+    def attempt(tile: int) -> Tensor:
+        with torch.inference_mode():
+            strips = network_strips(model, x, opts, tile, on_tile)
+            for r0, y in _resized(strips, (h * scale, w * scale), out_hw):
+                out[:, r0 : r0 + y.shape[-2]] = y.clamp_(0, 1)
+        return out
+
+    return _retrying(h, w, choose_tile(h, w, opts, model), attempt)
 
 
 def upscale_alpha(alpha: Tensor, size: tuple[int, int]) -> Tensor:
@@ -365,11 +472,7 @@ def upscale_file(
     quality: int = 95,
 ) -> Path:
     """Read `src`, upscale, write `dst` atomically in the source's form; never touches `src`."""
-    image = read_image(src)
-    samples = upscale_samples(
-        model, image, opts or UpscaleOptions(), on_tile, output_bit_depth(dst, image)
-    )
-    return write_samples_like(samples, dst, image, quality=quality)
+    return upscale_to_file(model, read_image(src), dst, opts or UpscaleOptions(), on_tile, quality)
 
 
 def upscale_image(image, model: SRModel, tile: int | None = None, overlap: int = 16):

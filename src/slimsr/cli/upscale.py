@@ -26,7 +26,6 @@ from slimsr.cli.eval import resolve_device, resolve_dtype
 from slimsr.errors import SlimsrError
 from slimsr.factory import create_model, load
 from slimsr.imaging import SUFFIXES, list_images, read_image
-from slimsr.imaging.io import output_bit_depth, write_samples_like
 from slimsr.inference import prepare_for_inference
 from slimsr.model import SRModel
 from slimsr.quant.runtime import Runner, is_runtime_path, load_runner
@@ -34,7 +33,8 @@ from slimsr.upscale import (
     DEFAULT_MEMORY_BUDGET_MB,
     UpscaleOptions,
     planned_tiles,
-    upscale_samples,
+    streams_to_png,
+    upscale_to_file,
 )
 from slimsr.weights import default_model
 
@@ -237,17 +237,13 @@ def upscale_command(
                     continue
                 image = read_image(src)
                 dst = output_path(src, out, suffix, ext, image.bit_depth == 16)
-                n_tiles = planned_tiles(image.height, image.width, opts, net)
+                in_memory = not streams_to_png(dst)
+                n_tiles = planned_tiles(image.height, image.width, opts, net, in_memory)
                 progress.reset(tiles_task, total=n_tiles, description=f"tiles of {src.name}")
-                samples = upscale_samples(
-                    net,
-                    image,
-                    opts,
-                    lambda: progress.advance(tiles_task),
-                    output_bit_depth(dst, image),
+                upscale_to_file(
+                    net, image, dst, opts, lambda: progress.advance(tiles_task), quality
                 )
                 progress.update(tiles_task, completed=n_tiles)  # untiled: one pass, no callback
-                write_samples_like(samples, dst, image, quality=quality)
                 done += 1
             except SlimsrError as exc:
                 failed.append(str(exc))

@@ -25,6 +25,7 @@ import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -39,11 +40,12 @@ __all__ = [
     "SUFFIXES",
     "Image",
     "ImageError",
+    "PngStream",
+    "check_output",
     "from_rgb_tensor",
     "list_images",
     "output_bit_depth",
     "quantize",
-    "quantize_into",
     "read_image",
     "tensor_to_uint8",
     "to_rgb_tensor",
@@ -384,11 +386,6 @@ def tensor_to_uint8(t: Tensor) -> Tensor:
     return (t.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8)
 
 
-def quantize_into(dst: np.ndarray, t: Tensor, bit_depth: int = 8) -> None:
-    """`quantize(t)` written into the HWC uint view `dst`: how strips fill an output array."""
-    dst[...] = quantize(t, bit_depth)
-
-
 def quantize(t: Tensor, bit_depth: int = 8) -> np.ndarray:
     """(C,H,W) float -> HWC uint8/uint16: floor(clamp(x, 0, 1) * max + 0.5) in float64."""
     if bit_depth not in (8, 16):
@@ -404,24 +401,64 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
 
 
-def _png16_bytes(samples: np.ndarray, icc_profile: bytes | None) -> bytes:
-    """A 16-bit PNG (gray, gray+alpha, RGB or RGBA) from HWC uint16 (Pillow cannot write these)."""
-    h, w, c = samples.shape
-    color_type = {1: 0, 2: 4, 3: 2, 4: 6}[c]
-    rows = samples.astype(">u2").view(np.uint8).reshape(h, w * c * 2)
-    bpp = 2 * c
-    filtered = rows.copy()
-    filtered[:, bpp:] = rows[:, bpp:] - rows[:, :-bpp]  # PNG "Sub" filter, wraps mod 256
-    body = np.concatenate([np.ones((h, 1), np.uint8), filtered], axis=1)
-    parts = [
-        b"\x89PNG\r\n\x1a\n",
-        _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, color_type, 0, 0, 0)),
-    ]
-    if icc_profile:
-        parts.append(_png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc_profile)))
-    parts.append(_png_chunk(b"IDAT", zlib.compress(body.tobytes(), 6)))
-    parts.append(_png_chunk(b"IEND", b""))
-    return b"".join(parts)
+class PngStream:
+    """A PNG (8 or 16 bits; gray, gray+alpha, RGB, RGBA) written block of rows by block of rows.
+
+    Why: Pillow needs the whole image as one array and copies it into its own 4-byte-per-pixel
+    buffer, so a 24000x16000 result would need ~2.7 GB just to be written; here each finished
+    strip is filtered (PNG "Sub": byte minus the same byte one pixel left, mod 256), fed to one
+    zlib stream and dropped, so writing costs a few rows of memory.
+    """
+
+    def __init__(
+        self,
+        fh: BinaryIO,
+        width: int,
+        height: int,
+        channels: int,
+        bit_depth: int,
+        icc_profile: bytes | None = None,
+    ) -> None:
+        if bit_depth not in (8, 16) or channels not in (1, 2, 3, 4):
+            raise ValueError(f"PNG of {channels} channels at {bit_depth} bits is not supported")
+        self.fh, self.width, self.height = fh, width, height
+        self.channels, self.bit_depth = channels, bit_depth
+        self.rows = 0
+        self._zip = zlib.compressobj(6)
+        color_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+        fh.write(b"\x89PNG\r\n\x1a\n")
+        ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
+        fh.write(_png_chunk(b"IHDR", ihdr))
+        if icc_profile:
+            fh.write(_png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc_profile)))
+
+    def write_rows(self, samples: np.ndarray) -> None:
+        """Append (rows, W, C) uint8 (8-bit) or uint16 (16-bit) samples."""
+        want = np.uint8 if self.bit_depth == 8 else np.uint16
+        if samples.dtype != want or samples.shape[1:] != (self.width, self.channels):
+            raise ValueError(f"expected (rows, {self.width}, {self.channels}) {want.__name__}")
+        n = samples.shape[0]
+        if self.rows + n > self.height:
+            raise ValueError("more rows than the PNG's height")
+        raw = samples.astype(">u2") if self.bit_depth == 16 else samples
+        rows = np.ascontiguousarray(raw).view(np.uint8).reshape(n, -1)
+        bpp = self.channels * self.bit_depth // 8
+        body = np.empty((n, rows.shape[1] + 1), np.uint8)
+        body[:, 0] = 1  # filter type Sub
+        body[:, 1 : bpp + 1] = rows[:, :bpp]
+        np.subtract(rows[:, bpp:], rows[:, :-bpp], out=body[:, bpp + 1 :])
+        self._idat(self._zip.compress(body.tobytes()))
+        self.rows += n
+
+    def close(self) -> None:
+        if self.rows != self.height:
+            raise ValueError(f"PNG has {self.rows} of {self.height} rows")
+        self._idat(self._zip.flush())
+        self.fh.write(_png_chunk(b"IEND", b""))
+
+    def _idat(self, data: bytes) -> None:
+        if data:
+            self.fh.write(_png_chunk(b"IDAT", data))
 
 
 def _as_paths(protect: object) -> list[Path]:
@@ -479,6 +516,29 @@ def write_image(
     )
 
 
+def check_output(
+    path: Path,
+    channels: int,
+    bit16: bool,
+    protect: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None = None,
+) -> str:
+    """The Pillow format name for `path`, after the checks every writer makes before writing:
+    a known suffix, never over a protected (input) file, 16 bits only in PNG, alpha only where
+    the format has it."""
+    fmt = SUFFIXES.get(path.suffix.lower())
+    if fmt is None:
+        known = ", ".join(sorted(SUFFIXES))
+        raise ImageError(f"{path}: unsupported output format {path.suffix!r} (use {known})")
+    for src in _as_paths(protect):
+        if path.exists() and src.exists() and os.path.samefile(path, src):
+            raise ImageError(f"{path}: refusing to overwrite the input image")
+    if bit16 and fmt != "PNG":
+        raise ImageError(f"{path}: 16-bit output is only supported for PNG")
+    if fmt in _NO_ALPHA and channels in (2, 4):
+        raise ImageError(f"{path}: {fmt} cannot store an alpha channel (write .png or .webp)")
+    return fmt
+
+
 def write_samples(
     samples: np.ndarray,
     path: str | os.PathLike[str],
@@ -493,24 +553,18 @@ def write_samples(
     the array itself, so a large result needs no float copy on its way to the file.
     """
     path = Path(path)
-    fmt = SUFFIXES.get(path.suffix.lower())
-    if fmt is None:
-        known = ", ".join(sorted(SUFFIXES))
-        raise ImageError(f"{path}: unsupported output format {path.suffix!r} (use {known})")
-    for src in _as_paths(protect):
-        if path.exists() and src.exists() and os.path.samefile(path, src):
-            raise ImageError(f"{path}: refusing to overwrite the input image")
     if samples.ndim != 3 or samples.shape[-1] not in (1, 2, 3, 4):
         raise ValueError(f"write_samples expects HWC with C in 1..4, got {samples.shape}")
-    bit16 = samples.dtype == np.uint16
-    if bit16 and fmt != "PNG":
-        raise ImageError(f"{path}: 16-bit output is only supported for PNG")
-    if fmt in _NO_ALPHA and samples.shape[-1] in (2, 4):
-        raise ImageError(f"{path}: {fmt} cannot store an alpha channel (write .png or .webp)")
+    fmt = check_output(path, samples.shape[-1], samples.dtype == np.uint16, protect)
     try:
         with atomic_path(path) as tmp:
-            if bit16:
-                tmp.write_bytes(_png16_bytes(samples, icc_profile))
+            if fmt == "PNG":
+                h, w, c = samples.shape
+                with open(tmp, "wb") as fh:
+                    png = PngStream(fh, w, h, c, samples.dtype.itemsize * 8, icc_profile)
+                    for r in range(0, h, 256):
+                        png.write_rows(samples[r : r + 256])
+                    png.close()
             else:
                 _save_8bit(samples, tmp, fmt, icc_profile=icc_profile, quality=quality)
     except (OSError, ValueError) as exc:  # encoder / file system refused; nothing was written
