@@ -47,7 +47,7 @@ BORDER = 8
 
 Measured on flat-colour images (1x1, 3x17, 8x8, 24x24; five colours): with 8, the bundled
 x2/x3/x4, BSRN x4, BSRN-S x4, E-RFDN x4 and FMEN-S x4 are all within 0.3 levels of the colour
-(4 gives 1.4 for the bundled x4, 0 gives up to 155). docs/inference.md has the table."""
+(4 gives 1.4 for the bundled x4, 0 gives up to 155). docs/efficiency.md has the table."""
 
 
 def pad_border(x: torch.Tensor, margin: int) -> torch.Tensor:
@@ -65,6 +65,29 @@ def pad_border(x: torch.Tensor, margin: int) -> torch.Tensor:
 def _mirror_index(n: int, margin: int, device: torch.device) -> torch.Tensor:
     i = torch.arange(-margin, n + margin, device=device) % (2 * n)
     return torch.where(i >= n, 2 * n - 1 - i, i)
+
+
+class MirrorPadded:
+    """`pad_border(x, margin)` converted to `device`/`dtype`, gathered tile by tile.
+
+    The tiled pipeline reads the padded image only through `[..., rows, cols]` slices, so
+    nothing of image size is copied: each slice gathers its own mirrored pixels (the same
+    values `pad_border` gives). Saves a padded float copy of the input (290 MB at 6000x4000).
+    """
+
+    def __init__(
+        self, x: torch.Tensor, margin: int, device: torch.device | str, dtype: torch.dtype
+    ) -> None:
+        self.x, self.device, self.dtype = x, torch.device(device), dtype
+        h, w = x.shape[-2:]
+        self.rows = _mirror_index(h, margin, x.device)
+        self.cols = _mirror_index(w, margin, x.device)
+        self.shape = torch.Size((*x.shape[:-2], len(self.rows), len(self.cols)))
+
+    def __getitem__(self, key: tuple[Any, slice, slice]) -> torch.Tensor:
+        rows, cols = key[-2], key[-1]
+        tile = self.x[..., self.rows[rows][:, None], self.cols[cols]]
+        return tile.to(device=self.device, dtype=self.dtype)
 
 
 class SRModel(nn.Module):

@@ -505,6 +505,12 @@ def _proc_status_kb(field_name: str) -> int | None:
     return None
 
 
+def resident_mb() -> float | None:
+    """Memory this process holds now (Linux VmRSS, MB); None where /proc is not available."""
+    kb = _proc_status_kb("VmRSS")
+    return None if kb is None else kb / 1024
+
+
 def _reset_peak_rss() -> bool:
     """Linux: writing 5 to clear_refs resets VmHWM (the peak RSS) to the current RSS."""
     try:

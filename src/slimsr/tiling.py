@@ -15,11 +15,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
 Upscaler = Callable[[Tensor], Tensor]
+
+
+class TileSource(Protocol):
+    """What tiling reads: a tensor, or a view that gathers tiles on demand (`MirrorPadded`)."""
+
+    @property
+    def shape(self) -> torch.Size: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def __getitem__(self, key: Any) -> Tensor: ...
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -81,7 +94,7 @@ def count_tiles(h: int, w: int, tile: int, overlap: int) -> int:
 
 def tiled_strips(
     upscale: Upscaler,
-    x: Tensor,
+    x: TileSource,
     scale: int,
     tile: int,
     overlap: int = 16,
@@ -120,8 +133,10 @@ def tiled_strips(
     for k, top in enumerate(tops):
         ys, ye = top * scale, (top + th) * scale
         if ye > acc_start + acc.shape[-2]:  # grow the strip down to this tile row's end
-            grow = torch.zeros(n, c, ye - acc_start - acc.shape[-2], ow, device=x.device)
-            acc = torch.cat([acc, grow], dim=-2)
+            grown = torch.zeros(n, c, ye - acc_start, ow, device=x.device)
+            grown[..., : acc.shape[-2], :] = acc
+            acc = grown
+            del grown
         wy = edge_ramp(th * scale, overlap * scale, top > 0, top + th < h)
         for _t, left, _h, _w in (g for g in grid if g[0] == top):
             y = upscale(x[..., top : top + th, left : left + tw]).float()
@@ -136,9 +151,12 @@ def tiled_strips(
         if rows > 0:
             out = acc[..., :rows, :]
             out.div_(row_div[acc_start:done].view(-1, 1)).div_(col_div)
+            rest = acc[..., rows:, :].clone()
+            del acc  # `out` is the caller's now; the generator must not keep it alive
             yield acc_start, out
-            acc = acc[..., rows:, :].clone()
-            acc_start = done
+            del out
+            acc, acc_start = rest, done
+            del rest
 
 
 def upscale_tiled(

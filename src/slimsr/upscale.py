@@ -37,7 +37,7 @@ from slimsr.imaging.io import (
     write_samples_like,
 )
 from slimsr.imaging.resize import _device_weights, _resize_dim
-from slimsr.model import BORDER, SRModel, pad_border
+from slimsr.model import BORDER, MirrorPadded, SRModel, pad_border
 from slimsr.tiling import count_tiles, tiled_strips
 
 DEFAULT_MEMORY_BUDGET_MB = 2048
@@ -142,11 +142,12 @@ def output_size(h: int, w: int, scale: int, outscale: float | None) -> tuple[int
 def fixed_bytes(
     h: int, w: int, scale: int, opts: UpscaleOptions, output_in_memory: bool = True
 ) -> float:
-    """Memory an upscale needs whatever the tile: the LR input, plain and padded, and, unless
-    the result is streamed to a PNG, the output array (up to 4 uint8 channels) and the
-    encoder's copy of it (Pillow holds 4 bytes a pixel)."""
+    """Memory an upscale needs whatever the tile: the float32 LR input (up to 4 channels;
+    tiles gather their mirrored border themselves, `MirrorPadded`) and, unless the result is
+    streamed to a PNG, the output array (up to 4 uint8 channels) and the encoder's copy of it
+    (Pillow holds 4 bytes a pixel)."""
     oh, ow = output_size(h, w, scale, opts.outscale)
-    lr = 3 * 4 * (h * w + (h + 2 * BORDER) * (w + 2 * BORDER))
+    lr = 4 * 4 * h * w
     return (oh * ow * 8 if output_in_memory else 0) + lr
 
 
@@ -160,7 +161,8 @@ def choose_tile(
     """The tile to use: the user's, or automatic from the memory budget (0: whole image).
 
     The budget left after `fixed_bytes` pays for the forward pass of one tile and the float32
-    blending strip (two copies of one row of tiles by the output width, 3 channels).
+    blending strip (one row of tiles by the output width, 3 channels, plus the strip being
+    handed on: counted twice).
     """
     if opts.tile is not None:
         return opts.tile
@@ -207,21 +209,26 @@ def network_strips(
     """
     scale = int(model.scale)
     h, w = rgb.shape[-2:]
-    x = pad_border(rgb[None].to(device=opts.device, dtype=opts.dtype), BORDER)
     m = BORDER * scale
     lo, hi = m, m + h * scale
-    if tile <= 0 or (tile >= x.shape[-2] and tile >= x.shape[-1]):
+    if tile <= 0 or (tile >= h + 2 * BORDER and tile >= w + 2 * BORDER):
+        x = pad_border(rgb[None].to(device=opts.device, dtype=opts.dtype), BORDER)
         y = _raw(model)(x)
+        del x
         if on_tile is not None:
             on_tile()
         for r in range(lo, hi, ROW_CHUNK):
             e = min(r + ROW_CHUNK, hi)
             yield r - lo, y[0, :, r:e, m : m + w * scale].float().cpu()
         return
+    x = MirrorPadded(rgb[None], BORDER, opts.device, opts.dtype)
     for r0, strip in tiled_strips(_raw(model), x, scale, tile, opts.overlap, on_tile):
         a, b = max(r0, lo), min(r0 + strip.shape[-2], hi)
         if a < b:
-            yield a - lo, strip[0, :, a - r0 : b - r0, m : m + w * scale].float().cpu()
+            rows = strip[0, :, a - r0 : b - r0, m : m + w * scale].float().cpu()
+            del strip  # a generator keeps its locals across `yield`: drop the strip's buffer
+            yield a - lo, rows
+            del rows
 
 
 class RowResizer:
@@ -336,6 +343,7 @@ def upscale_rows(
             if alpha is not None:
                 rows = np.concatenate([rows, alpha.take(a, a + rows.shape[0])], axis=-1)
             yield a, rows
+        del y  # lets the strip's buffer go before the next row of tiles runs
 
 
 def _retrying(h: int, w: int, tile: int, attempt: Callable[[int], Any]) -> Any:

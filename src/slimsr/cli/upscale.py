@@ -28,6 +28,7 @@ from slimsr.factory import create_model, load
 from slimsr.imaging import SUFFIXES, list_images, read_image
 from slimsr.inference import prepare_for_inference
 from slimsr.model import SRModel
+from slimsr.profile import resident_mb
 from slimsr.quant.runtime import Runner, is_runtime_path, load_runner
 from slimsr.upscale import (
     DEFAULT_MEMORY_BUDGET_MB,
@@ -39,6 +40,10 @@ from slimsr.upscale import (
 from slimsr.weights import default_model
 
 EXT_CHOICES = ("auto", "png", "jpg", "webp")
+
+MIN_IMAGE_BUDGET_MB = 64.0
+"""Least left for one image when `--max-memory` is close to what the process holds already
+(tiles then shrink to their minimum rather than the command failing)."""
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
@@ -165,7 +170,8 @@ def upscale_command(
         DEFAULT_MEMORY_BUDGET_MB,
         "--max-memory",
         metavar="MB",
-        help="MB one forward pass may use; larger images are tiled automatically.",
+        help="MB the whole command may use (the process itself, forward pass, blending strip, "
+        "output; PNG results are streamed to disk); larger images are tiled automatically.",
     ),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto | cpu | cuda."),
     fp16: bool = typer.Option(False, "--fp16", help="Half precision (CUDA)."),
@@ -212,7 +218,9 @@ def upscale_command(
         outscale=outscale,
         device=dev,
         dtype=dtype,
-        memory_budget_mb=max_memory,
+        # the budget is the whole command's: what the process holds already (interpreter,
+        # torch, the model) is not the image's to spend
+        memory_budget_mb=max(max_memory - (resident_mb() or 0.0), MIN_IMAGE_BUDGET_MB),
     )
     mine, rank, world = rank_share(files)
     done, skipped, failed = 0, [], []

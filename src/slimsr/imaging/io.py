@@ -318,14 +318,21 @@ def read_image(path: str | os.PathLike[str]) -> Image:
     samples = _orient(decoded.samples, orientation)
     bits = 16 if samples.dtype == np.uint16 else 8
     scale = 65535.0 if bits == 16 else 255.0
-    tensor = torch.from_numpy(samples.astype(np.float32) / np.float32(scale)).permute(2, 0, 1)
+    # CHW first (uint8: cheap), then one float32 array divided in place: the largest
+    # image-size buffer of a read is the result itself (same values as HWC float / scale).
+    had_alpha, was_gray, icc_ok = decoded.alpha, decoded.gray, decoded.icc_ok
+    chw = np.ascontiguousarray(samples.transpose(2, 0, 1))
+    del samples, decoded
+    values = chw.astype(np.float32)
+    del chw
+    values /= np.float32(scale)
     return Image(
-        tensor=tensor.contiguous(),
+        tensor=torch.from_numpy(values),
         path=path,
-        had_alpha=decoded.alpha,
-        was_gray=decoded.gray,
+        had_alpha=had_alpha,
+        was_gray=was_gray,
         bit_depth=bits,
-        icc_profile=icc if decoded.icc_ok else None,
+        icc_profile=icc if icc_ok else None,
         mode=mode,
         format=fmt,
     )
