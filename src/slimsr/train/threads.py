@@ -4,7 +4,8 @@ PyTorch's CPU kernels split each operation across an OpenMP team of `torch.get_n
 threads that meet at a barrier after every parallel region, and a thread that reaches the
 barrier first spin-waits for the others. With more runnable threads than cores, one of the team
 is often descheduled, and every barrier then waits for it to get a time slice back: two 2-thread
-trainings on a 2-core machine were measured 10-20x slower per step, not the 2x of fair sharing.
+trainings on a 2-core machine were measured 4x slower per step each (10-20x under heavier load),
+not the 2x of fair sharing (docs/training.md).
 A 1-thread process has no barrier and only shares the cores, so it slows in proportion.
 
 The check reads the 1-minute load average once per process, before the first training of the
@@ -55,9 +56,9 @@ def oversubscription_warning(load: float, threads: int, cpus: int) -> str | None
     fit = max(1, int(cpus - load))
     return (
         f"warning: the CPUs are busy (1-min load {load:.2f} on {cpus} usable CPUs) and this "
-        f"training uses {threads} threads: OpenMP barriers can make each step 10x slower or "
-        f"more; run it with OMP_NUM_THREADS={fit} (and nice -n 10 beside other work), or on a "
-        "quiet machine"
+        f"training uses {threads} threads: OpenMP barriers can make each step several "
+        f"times slower; run it with OMP_NUM_THREADS={fit} (and nice -n 10 beside other work), "
+        "or on a quiet machine"
     )
 
 
