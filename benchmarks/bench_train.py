@@ -1,13 +1,30 @@
 """Training throughput of every recipe's model on this machine: iterations/s, samples/s and the
-share of each step spent waiting for data.
+share of each step spent waiting for data; with --models, the efficiency of each model's step.
 
 Runs the real trainer (data pipeline, loss, optimiser, logging) on synthetic 8-bit images for a
 few iterations per recipe and reads its JSONL log; the first report window is warm-up and is
 left out. On CPU the recipes' batches (up to 256 patches of 64 px) would take minutes per step,
 so the batch defaults to 8 there; on CUDA the recipe's own batch and patch are used.
 
+--models runs one small fixed recipe for every model named (x4, batch 8 of 32 px LR patches
+unless --batch/--patch/--scale say otherwise; the rest from configs/bsrn_s_x4_quick_cpu.yaml,
+constant learning rate) and reports, besides the trainer's step time, samples/s and LR pixels/s,
+the arithmetic rate the step achieves and its share of a peak measured in the same run:
+
+    GFLOP/s = 3 x 2 x MACs(forward of one LR patch) x samples/s / 1e9
+
+FLOPs = 2 x MACs (a multiply-accumulate is two floating-point operations); a training step
+costs about 3 forwards (the forward, and twice its work in the backward: gradients of the
+inputs and of the weights). MACs are `slimsr.profile`'s `macs` convention (conv, linear and
+attention matmuls, no bias) at the run's LR patch size, so element-wise work (activations,
+norms, the loss, the optimiser) is not counted: the rate is a lower bound of the work done.
+The peak is the best of a few 3072 x 3072 fp32 `torch.mm` (2 x 3072^3 FLOPs) at the same
+thread count, measured before and after the models (the higher is used).
+
     python benchmarks/bench_train.py                       # all recipes in configs/
     python benchmarks/bench_train.py bsrn_s_x4 fmen_s_x4 --iters 20 --batch 16 --json out.json
+    OMP_NUM_THREADS=1 python benchmarks/bench_train.py --models --threads 1 \
+        --json benchmarks/results/train_efficiency_cpu1.json   # the table in docs/training.md
 """
 
 from __future__ import annotations
@@ -18,6 +35,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +44,8 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
+from slimsr.factory import create_model
+from slimsr.profile import complexity
 from slimsr.train import load_config, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,6 +59,9 @@ PUBLISHED = [
     "abpn_x3",
     "e_rfdn_x4",
 ]
+MODELS = ["edsrmini", "swinirmini", "fmen_s_train", "bsrn_s", "bsrn", "abpn", "e_rfdn"]
+MODEL_BASE = "bsrn_s_x4_quick_cpu"  # the fixed recipe of --models: its loss, optimiser, data
+GEMM_N = 3072
 
 
 def synthetic_images(folder: Path, count: int, size: int) -> None:
@@ -49,14 +72,49 @@ def synthetic_images(folder: Path, count: int, size: int) -> None:
         Image.fromarray(small).resize((size, size), Image.BICUBIC).save(folder / f"{i:03d}.png")
 
 
+def gemm_peak(threads: int, n: int = GEMM_N, repeats: int = 3) -> float:
+    """GFLOP/s of the best of `repeats` n x n fp32 matrix products at `threads` threads: what
+    this machine's BLAS reaches on the most favourable work, the yardstick of the table."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        a = torch.rand(n, n, generator=gen)
+        b = torch.rand(n, n, generator=gen)
+        torch.mm(a, b)  # warm-up: page faults, BLAS thread pool
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(before)
+    return 2 * n**3 / best / 1e9
+
+
+def load_1m() -> float | None:
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
 def bench_recipe(
-    name: str, images: Path, out: Path, iters: int, warmup: int, batch: int | None, workers: int
+    name: str,
+    images: Path,
+    out: Path,
+    iters: int,
+    warmup: int,
+    batch: int | None,
+    workers: int,
+    *,
+    recipe: str | None = None,
+    extra: list[str] | None = None,
 ) -> dict:
-    cfg_path = REPO / "configs" / f"{name}.yaml"
+    """Train `recipe` (default: `name`) for a few iterations; `name` names the run and the row."""
+    cfg_path = REPO / "configs" / f"{recipe or name}.yaml"
     base = load_config(cfg_path, check_paths=False, base_dir=REPO)
     batch = batch or base.data.train.batch_size
     total = warmup * (1 + -(-iters // warmup))
     overrides = [
+        *(extra or []),
         f"output_dir={out}",
         f"name={name}",
         f"data.train.sources=[{{hr: {images}}}]",
@@ -76,6 +134,8 @@ def bench_recipe(
     log = [json.loads(x) for x in (result.run_dir / "train.jsonl").read_text().splitlines()]
     windows = [e for e in log if e["event"] == "train"][1:]  # the first window is warm-up
     it_s = statistics.fmean(e["it_per_s"] for e in windows)
+    # equal windows: the mean step time is the mean of the windows' 1/it_per_s
+    step_s = statistics.fmean(1 / e["it_per_s"] for e in windows)
     start = next(e for e in log if e["event"] == "start")
     return {
         "recipe": name,
@@ -88,31 +148,154 @@ def bench_recipe(
         "workers": workers,
         "timed_iterations": total - warmup,
         "it_per_s": it_s,
+        "step_s": step_s,
         "samples_per_s": it_s * batch,
         "data_wait_frac": statistics.fmean(e["data_wait_frac"] for e in windows),
         "device": start["device"],
     }
 
 
+def bench_model(
+    name: str,
+    images: Path,
+    out: Path,
+    args: argparse.Namespace,
+    batch: int,
+    peak: float,
+) -> dict:
+    """One model on the fixed recipe, with its arithmetic rate and share of `peak`."""
+    extra = [
+        f"model.name={name}",
+        f"model.scale={args.scale}",
+        f"data.train.patch_size={args.patch}",
+    ]
+    row = bench_recipe(
+        name,
+        images,
+        out,
+        args.iters,
+        args.warmup,
+        batch,
+        args.workers,
+        recipe=MODEL_BASE,
+        extra=extra,
+    )
+    macs = complexity(create_model(name, args.scale).net, (args.patch, args.patch)).flops["macs"]
+    samples_s = batch / row["step_s"]
+    gflops = 3 * 2 * macs * samples_s / 1e9
+    row.update(
+        recipe=f"{MODEL_BASE} (model {name})",
+        samples_per_s=samples_s,
+        lr_pixels_per_s=samples_s * args.patch**2,
+        macs_per_sample=macs,
+        train_gflop_per_sample=3 * 2 * macs / 1e9,
+        gflop_per_s=gflops,
+        peak_fraction=gflops / peak,
+        load_1m_after=load_1m(),
+    )
+    return row
+
+
+def print_models(rows: list[dict], meta: dict) -> None:
+    table = Table(
+        title=f"slimsr training efficiency, {meta['device']}, torch {meta['torch']}; "
+        f"x{meta['scale']}, batch {meta['batch']} of {meta['patch']} px LR patches; "
+        f"GFLOP/s = 3 x 2 x forward MACs x samples/s; peak = fp32 {GEMM_N}^2 GEMM "
+        f"{meta['gemm_peak_gflop_per_s']:.1f} GFLOP/s; 1-min load {meta['load_1m_before']} "
+        f"before, {meta['load_1m_end']} after"
+    )
+    cols = ("model", "params", "fwd MMACs/sample", "step ms", "samples/s", "LR kpx/s")
+    for col in (*cols, "GFLOP/s", "% of peak", "data wait"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for r in rows:
+        table.add_row(
+            r["model"],
+            f"{r['params']:,}",
+            f"{r['macs_per_sample'] / 1e6:.1f}",
+            f"{1000 * r['step_s']:.0f}",
+            f"{r['samples_per_s']:.1f}",
+            f"{r['lr_pixels_per_s'] / 1e3:.1f}",
+            f"{r['gflop_per_s']:.2f}",
+            f"{100 * r['peak_fraction']:.1f}%",
+            f"{100 * r['data_wait_frac']:.1f}%",
+        )
+    Console(width=140).print(table)
+
+
+def run_models(args: argparse.Namespace) -> None:
+    threads = torch.get_num_threads()
+    cuda = torch.cuda.is_available()
+    if cuda:
+        raise SystemExit("--models measures CPU efficiency; hide the GPU (CUDA_VISIBLE_DEVICES=)")
+    batch = args.batch or 8
+    meta = {
+        "device": f"CPU ({threads} threads)",
+        "torch": torch.__version__,
+        "threads": threads,
+        "cpus": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "scale": args.scale,
+        "batch": batch,
+        "patch": args.patch,
+        "timed_iterations": args.warmup * -(-args.iters // args.warmup),
+        "convention": "GFLOP/s = 3 (forward + backward) x 2 (FLOP per MAC) x forward MACs per "
+        "LR patch (slimsr.profile 'macs') x samples/s / 1e9",
+        "load_1m_before": load_1m(),
+    }
+    peaks = [gemm_peak(threads)]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        images = Path(tmp) / "images"
+        synthetic_images(images, 24, 320)
+        for name in args.models_list or MODELS:
+            rows.append(bench_model(name, images, Path(tmp) / "runs", args, batch, max(peaks)))
+            print(json.dumps(rows[-1]), file=sys.stderr)
+    peaks.append(gemm_peak(threads))
+    peak = max(peaks)
+    for r in rows:  # against the better of the two peaks
+        r["peak_fraction"] = r["gflop_per_s"] / peak
+    meta.update(gemm_gflop_per_s=peaks, gemm_peak_gflop_per_s=peak, load_1m_end=load_1m())
+    print_models(rows, meta)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("recipes", nargs="*", default=PUBLISHED)
+    parser.add_argument("recipes", nargs="*", default=None)
     parser.add_argument("--iters", type=int, default=10, help="timed iterations per recipe")
     parser.add_argument("--warmup", type=int, default=2, help="untimed first iterations")
     parser.add_argument("--batch", type=int, default=None, help="global batch (default: 8 on CPU)")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    parser.add_argument(
+        "--models",
+        dest="models_list",
+        nargs="*",
+        default=None,
+        metavar="MODEL",
+        help=f"efficiency of these models on a fixed small recipe (none given: {' '.join(MODELS)})",
+    )
+    parser.add_argument("--scale", type=int, default=4, help="--models: scale (default 4)")
+    parser.add_argument("--patch", type=int, default=32, help="--models: LR patch (default 32)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.models_list is not None:
+        if args.recipes:
+            parser.error("give recipes or --models, not both")
+        run_models(args)
+        return
     cuda = torch.cuda.is_available()
     batch = args.batch or (None if cuda else 8)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         images = Path(tmp) / "images"
         synthetic_images(images, 24, 320)
-        for name in args.recipes:
+        for name in args.recipes or PUBLISHED:
             rows.append(
                 bench_recipe(
                     name, images, Path(tmp) / "runs", args.iters, args.warmup, batch, args.workers

@@ -22,6 +22,7 @@ import hashlib
 import math
 import random
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -72,6 +73,7 @@ from slimsr.train.resume import (
 )
 from slimsr.train.runlog import ConsoleView, EventLog, Scalars
 from slimsr.train.schedules import build_schedule
+from slimsr.train.threads import check_cpu_load
 from slimsr.train.validation import evaluate_images
 
 Callback = Callable[[str, "Trainer"], None]
@@ -574,6 +576,8 @@ class Trainer:
             if done is not None:
                 return done
         self._check_memory()
+        # read before this process works: its own threads would count as other load
+        cpu_load = check_cpu_load() if dist.device.type == "cpu" else None
         self.num_workers, workers_note = effective_workers(cfg.data.train.num_workers)
         self._pending_rng: list[Any] | None = None
         self._build()
@@ -617,6 +621,8 @@ class Trainer:
             "precision": cfg.train.precision,
             "config_sha256": self.config_sha256,
         }
+        if cpu_load is not None:
+            start_info["cpu_load"] = cpu_load.as_dict()
         if self.init_report is not None:
             start_info["partial_init"] = self.init_report
         if self.teacher_record is not None:
@@ -644,6 +650,12 @@ class Trainer:
             view.report("tensorboard is not installed: scalars go to train.jsonl only")
         if workers_note is not None:
             view.report(workers_note)
+        if cpu_load is not None and cpu_load.warning is not None and dist.is_main:
+            # shown even with logging.progress none: it explains a run far slower than expected
+            if view.mode == "none":
+                print(cpu_load.warning, file=sys.stderr)
+            else:
+                view.report(cpu_load.warning)
         if self.val_images and resume_from is None and dist.is_main:
             base = evaluate_images(
                 None, self.val_images, cfg.model.scale, protocol=cfg.data.val.protocol
