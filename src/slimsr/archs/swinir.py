@@ -40,6 +40,11 @@ RESI_CONNECTIONS = ("1conv", "3conv")
 MASK_VALUE = -100.0
 """The official mask value between tokens of different regions (finite, unlike -inf)."""
 
+ATTENTION_IMPLS = ("math", "sdpa")
+
+MASK_CACHE_SIZE = 8
+"""Shifted-window masks kept per model, by feature-map size (oldest dropped first)."""
+
 
 def _capturing_graph() -> bool:
     """True while a graph is being captured (jit trace, dynamo / torch.export, ONNX export).
@@ -174,6 +179,8 @@ class WindowAttention(nn.Module):
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        self.use_sdpa = False
+        """Attention through `F.scaled_dot_product_attention` (`SwinIR.set_attention`)."""
         _trunc_normal(self.relative_position_bias_table)
 
     def position_bias(self) -> Tensor:
@@ -187,14 +194,37 @@ class WindowAttention(nn.Module):
         bw, n, c = x.shape
         heads = self.num_heads
         q, k, v = self.qkv(x).view(bw, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4).unbind(0)
-        attn = (q * self.scale) @ k.transpose(-2, -1) + self.position_bias()
+        # Bias and mask are summed while small ((nW, heads, w², w²)), then added once to the
+        # (B * nW, heads, w², w²) scores: one pass over the largest tensor instead of two.
+        bias = self.position_bias()
+        windows = 1 if mask is None else mask.shape[0]
         if mask is not None:
-            windows = mask.shape[0]
-            attn = attn.view(bw // windows, windows, heads, n, n) + mask[None, :, None]
-            attn = attn.view(bw, heads, n, n)
-        attn = self.attn_drop(attn.softmax(dim=-1))
-        out = (attn @ v).transpose(1, 2).reshape(bw, n, c)
+            bias = bias[None] + mask[:, None]
+        if self.use_sdpa:
+            out = self._sdpa(q, k, v, bias.reshape(windows, heads, n, n), windows)
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            attn = (attn.view(bw // windows, windows, heads, n, n) + bias).view(bw, heads, n, n)
+            attn = self.attn_drop(attn.softmax(dim=-1))
+            out = attn @ v
+        out = out.transpose(1, 2).reshape(bw, n, c)
         return self.proj_drop(self.proj(out))
+
+    def _sdpa(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, windows: int) -> Tensor:
+        """The same attention through `F.scaled_dot_product_attention` (fused kernels): the
+        windows of one image are folded into the head axis so the (nW, heads) bias broadcasts
+        over the batch without being copied per image."""
+        bw, heads, n, d = q.shape
+        fold = (bw // windows, windows * heads, n, d)
+        out = F.scaled_dot_product_attention(
+            q.reshape(fold),
+            k.reshape(fold),
+            v.reshape(fold),
+            attn_mask=bias.reshape(1, windows * heads, n, n),
+            dropout_p=self.attn_drop.p if self.training else 0.0,
+            scale=self.scale,
+        )
+        return out.view(bw, heads, n, d)
 
 
 class SwinTransformerBlock(nn.Module):
@@ -374,6 +404,7 @@ class SwinIR(nn.Module):
             torch.tensor(DIV2K_MEAN).view(1, 3, 1, 1) if in_chans == 3 else torch.zeros(1, 1, 1, 1)
         )
         self._any_shift = self.shift_size > 0 and max(depths) > 1
+        self._masks: dict[tuple[Any, ...], Tensor] = {}
 
         self.conv_first = conv3x3(in_chans, embed_dim)
         self.patch_embed = PatchEmbed(embed_dim, patch_norm)
@@ -469,11 +500,34 @@ class SwinIR(nn.Module):
         (eager run at `img_size`) or no block shifts. Computed once per forward."""
         if not self._any_shift:
             return None
-        if not _capturing_graph() and (h, w) == self.img_size:
+        if _capturing_graph():
+            return shifted_window_mask(
+                h, w, self.window_size, self.shift_size, device=like.device, dtype=like.dtype
+            )
+        if (h, w) == self.img_size:
             return None
-        return shifted_window_mask(
-            h, w, self.window_size, self.shift_size, device=like.device, dtype=like.dtype
-        )
+        # Training crops are one size: built once per size, not once per step (a few entries
+        # at most; validation images add one each, and they are small).
+        key = (h, w, like.device, like.dtype)
+        mask = self._masks.get(key)
+        if mask is None:
+            if len(self._masks) >= MASK_CACHE_SIZE:
+                self._masks.pop(next(iter(self._masks)))
+            mask = shifted_window_mask(
+                h, w, self.window_size, self.shift_size, device=like.device, dtype=like.dtype
+            )
+            self._masks[key] = mask
+        return mask
+
+    def set_attention(self, impl: str) -> None:
+        """ "math": the official matmul-softmax-matmul; "sdpa": `F.scaled_dot_product_attention`
+        (same values to float rounding; which is faster depends on the head size and the CPU:
+        see docs/training.md)."""
+        if impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention must be one of {ATTENTION_IMPLS}, not {impl!r}")
+        for m in self.modules():
+            if isinstance(m, WindowAttention):
+                m.use_sdpa = impl == "sdpa"
 
 
 def _check_config(

@@ -313,6 +313,23 @@ class EMAConfig(Section):
     )
 
 
+class FastPathConfig(Section):
+    """How the training step runs; "auto" takes the measured default for the model
+    (slimsr.train.fastpath, docs/training.md). Every choice changes float rounding only."""
+
+    memory_format: Literal["auto", "contiguous", "channels_last"] = Field(
+        "auto", description="Layout of weights and batches (channels_last: NHWC convolutions)."
+    )
+    attention: Literal["auto", "math", "sdpa"] = Field(
+        "auto",
+        description="Window-attention kernel (SwinIR): matmul-softmax-matmul or "
+        "F.scaled_dot_product_attention; ignored by networks without attention.",
+    )
+    optimizer_impl: Literal["auto", "foreach", "for_loop", "fused"] = Field(
+        "auto", description="torch optimiser implementation (ignored by OBProx-SG)."
+    )
+
+
 class OptimConfig(Section):
     """The optimisation: iterations, learning rate and its schedule, losses, precision."""
 
@@ -333,6 +350,7 @@ class OptimConfig(Section):
     max_nonfinite_steps: PositiveInt = Field(
         10, description="Stop with an error after this many NaN/Inf steps in a row (each skipped)."
     )
+    fast_path: FastPathConfig = Field(default_factory=FastPathConfig)
 
 
 # -- distillation ---------------------------------------------------------------------------------

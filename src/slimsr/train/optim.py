@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimsr.errors import SlimsrError
 from slimsr.train.config import (
     AdamaxConfig,
     AdamConfig,
@@ -103,9 +104,18 @@ def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
     return [p for p in module.parameters() if p.requires_grad]
 
 
+def has_own_step(cfg: OptimizerConfig) -> bool:
+    """Optimisers implemented here (no foreach / fused choice to make)."""
+    return isinstance(cfg, OBProxSGConfig)
+
+
 def build_optimizer(
-    params: Iterable[nn.Parameter], cfg: OptimizerConfig, lr: float
+    params: Iterable[nn.Parameter],
+    cfg: OptimizerConfig,
+    lr: float,
+    impl: dict[str, bool] | None = None,
 ) -> torch.optim.Optimizer:
+    """`impl`: torch's implementation switches (`foreach` / `fused`, slimsr.train.fastpath)."""
     if isinstance(cfg, OBProxSGConfig):
         return OBProxSG(
             list(params),
@@ -116,6 +126,17 @@ def build_optimizer(
             eps=cfg.eps,
         )
     cls = _CLASSES[type(cfg)]
-    return cls(
-        list(params), lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay
-    )
+    try:
+        return cls(
+            list(params),
+            lr=lr,
+            betas=tuple(cfg.betas),
+            eps=cfg.eps,
+            weight_decay=cfg.weight_decay,
+            **(impl or {}),
+        )
+    except (RuntimeError, TypeError, ValueError) as exc:  # e.g. no fused form of this optimiser
+        raise SlimsrError(
+            f"train.fast_path.optimizer_impl: {cfg.type} cannot run as {impl} "
+            f"({str(exc).splitlines()[0]})"
+        ) from None

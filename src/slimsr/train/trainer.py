@@ -54,6 +54,7 @@ from slimsr.train.checkpoint import (
 from slimsr.train.config import ConfigError, TrainConfig
 from slimsr.train.ema import EMA
 from slimsr.train.export import export_model
+from slimsr.train.fastpath import StepPlan, apply_plan, as_input, optimizer_kwargs, resolve_plan
 from slimsr.train.losses import DistillationLoss, WeightedLoss
 from slimsr.train.memory import (
     PREFETCH_FACTOR,
@@ -61,7 +62,7 @@ from slimsr.train.memory import (
     check_memory,
     effective_workers,
 )
-from slimsr.train.optim import build_optimizer, trainable_parameters
+from slimsr.train.optim import build_optimizer, has_own_step, trainable_parameters
 from slimsr.train.recipe import config_hash, dump_config
 from slimsr.train.resume import (
     RunFolderError,
@@ -135,6 +136,14 @@ def _ignore_signals(_: int) -> None:
     torch.set_num_threads(1)
 
 
+LEGACY_PLAN: dict[str, Any] = {
+    "memory_format": "contiguous",
+    "attention": "math",
+    "optimizer_impl": "for_loop",
+}
+"""How runs checkpointed before `fast_path` existed computed (torch's CPU default loop)."""
+
+
 class Trainer:
     """Runs one recipe. `resume`: None follows `config.auto_resume`; True requires a state."""
 
@@ -176,7 +185,8 @@ class Trainer:
             )
         return None
 
-    def _build(self) -> None:
+    def _build(self, state: dict[str, Any] | None = None) -> None:
+        """Everything a step needs; `state`: the checkpoint being resumed (for its fast path)."""
         cfg = self.config
         dist = self.dist
         dcfg = cfg.data.train
@@ -222,7 +232,10 @@ class Trainer:
         self._prepare_qat()
         self.params = trainable_parameters(self.model.net)
         o = cfg.train
-        self.optimizer = build_optimizer(self.params, o.optimizer, o.lr)
+        # a resumed run keeps the fast path it started with (a run saved before there was
+        # one: the layout, kernels and loop that made it), so it continues exactly
+        saved_plan = None if state is None else state.get("fast_path") or LEGACY_PLAN
+        self._set_plan(self._resolve_plan(saved_plan))
         self.schedule = build_schedule(o.scheduler, o.iterations, o.lr)
         self.loss_fn = WeightedLoss(o.losses)
         self._build_teacher(dist.device)
@@ -235,6 +248,24 @@ class Trainer:
 
             ids = [dist.device.index] if dist.device.type == "cuda" else None
             self.forward = DistributedDataParallel(self.model, device_ids=ids)
+
+    def _resolve_plan(self, saved: dict[str, Any] | None) -> StepPlan:
+        o = self.config.train
+        return resolve_plan(
+            o.fast_path.model_dump(),
+            self.info,
+            self.model.net,
+            self.dist.device,
+            has_own_step(o.optimizer),
+            saved,
+        )
+
+    def _set_plan(self, plan: StepPlan) -> None:
+        """Apply `plan` to the network and (re)build the optimiser for it (no state yet)."""
+        o = self.config.train
+        self.plan = plan
+        apply_plan(self.model.net, plan)
+        self.optimizer = build_optimizer(self.params, o.optimizer, o.lr, optimizer_kwargs(plan))
 
     def _build_teacher(self, device: torch.device) -> None:
         """Load the frozen teacher of a distillation run (`distill:`), or set none."""
@@ -301,8 +332,7 @@ class Trainer:
         calibrate(self.model, batches)
         self.qat_freeze = q.freeze_ranges_iter
 
-    def _restore(self, path: Path) -> None:
-        state = load_state(path)
+    def _restore(self, path: Path, state: dict[str, Any]) -> None:
         data = state.get("data", {})
         if data.get("num_images") != len(self.store):
             raise ResumeError(
@@ -365,7 +395,7 @@ class Trainer:
         """One optimiser step at `self.iteration` (0-based); returns its statistics."""
         o = self.config.train
         device = self.dist.device
-        lr_img = lr_img.to(device, non_blocking=True)
+        lr_img = as_input(lr_img.to(device, non_blocking=True), self.plan)
         hr_img = hr_img.to(device, non_blocking=True)
         lr_now = o.lr * self.schedule(self.iteration)
         if self.qat_freeze is not None:
@@ -459,6 +489,7 @@ class Trainer:
             "config_sha256": self.config_sha256,
             "world_size": self.dist.world_size,
             "teacher": self.teacher_record,
+            "fast_path": self.plan.as_dict(),
         }
 
     def save_checkpoint(self) -> Path | None:
@@ -580,9 +611,11 @@ class Trainer:
         cpu_load = check_cpu_load() if dist.device.type == "cpu" else None
         self.num_workers, workers_note = effective_workers(cfg.data.train.num_workers)
         self._pending_rng: list[Any] | None = None
-        self._build()
-        if resume_from is not None:
-            self._restore(resume_from)
+        state = load_state(resume_from) if resume_from is not None else None
+        self._build(state)
+        if resume_from is not None and state is not None:
+            self._restore(resume_from, state)
+        del state
         self.config_sha256 = config_hash(cfg)
         data_iter = self._make_loader()
         # the training RNG stream: per rank, and restored exactly on resume
@@ -619,6 +652,7 @@ class Trainer:
             "world_size": dist.world_size,
             "device": str(dist.device),
             "precision": cfg.train.precision,
+            "fast_path": self.plan.as_dict(),
             "config_sha256": self.config_sha256,
         }
         if cpu_load is not None:

@@ -1,0 +1,125 @@
+"""How a training step runs: memory format, attention kernel and optimiser implementation.
+
+Each choice changes only float rounding, never the maths, and each is a measured default per
+model (`benchmarks/bench_train.py --models --compare-layouts`, docs/training.md), resolved
+once when a run starts: deterministic (no timing at start-up, so two runs of one recipe make
+the same choice), the same on every DDP rank (so DDP still equals one process), recorded in
+`train.jsonl` and the checkpoint, and kept on resume (so a resumed run stays bit-exact even
+if these defaults change in a later version).
+
+- Memory format: channels-last (NHWC) lets oneDNN run the convolutions without reordering,
+  forward and backward. Measured on the training step (forward, backward and Adam; batch 8 of
+  32 px LR patches, x4, 1 thread, interleaved in one process), channels-last / contiguous:
+  edsrmini 0.68, fmen_s 0.75, e_rfdn 0.80, bsrn_s 0.82, fmen_s_train 0.86, abpn 0.87,
+  bsrn 1.04 (BSRN's concatenations and 1x1 convolutions, see slimsr.inference).
+- Attention (SwinIR): "math" (matmul, softmax, matmul, with the position bias and the window
+  mask summed while small) or "sdpa" (`F.scaled_dot_product_attention`). With SwinIRmini's
+  head size of 4 the fused CPU kernel measured 1.4-1.5x slower than math (whole training
+  step, 1 thread), so math is the default; sdpa is there for GPUs and larger heads.
+- Optimiser: `foreach` (one kernel per step over all parameters instead of a Python loop
+  over them) for Adam-family optimisers; OBProx-SG has its own loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from slimsr.registry import ModelInfo
+
+MemoryFormat = Literal["contiguous", "channels_last"]
+Attention = Literal["math", "sdpa"]
+OptimizerImpl = Literal["foreach", "for_loop", "fused"]
+
+TRAIN_CHANNELS_LAST_FAMILIES: frozenset[str] = frozenset({"edsr", "fmen", "rfdn", "abpn"})
+"""Families whose training step measured faster in NHWC at every model tried (module doc)."""
+
+TRAIN_CONTIGUOUS_MODELS: frozenset[str] = frozenset({"fmen_train"})
+"""Exceptions in those families: FMEN's full-size train-time form measured 1.31x slower in NHWC
+(its RRRBs pad every input into a fresh NCHW tensor)."""
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """The resolved fast path of one run (what `train.jsonl` and the checkpoint record)."""
+
+    memory_format: MemoryFormat
+    attention: Attention | None
+    """None where the network has no attention to choose for."""
+    optimizer_impl: OptimizerImpl | None
+    """None for optimisers with their own step (OBProx-SG)."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def torch_memory_format(self) -> torch.memory_format:
+        if self.memory_format == "channels_last":
+            return torch.channels_last
+        return torch.contiguous_format
+
+
+def default_memory_format(info: ModelInfo, device: torch.device) -> MemoryFormat:
+    """The default measured on this project's CPU; CUDA gets contiguous (not measured yet:
+    `benchmarks/gpu_check.sh` is where a lent GPU would measure it)."""
+    if device.type != "cpu":
+        return "contiguous"
+    fast = info.family in TRAIN_CHANNELS_LAST_FAMILIES and info.name not in TRAIN_CONTIGUOUS_MODELS
+    return "channels_last" if fast else "contiguous"
+
+
+def has_window_attention(net: nn.Module) -> bool:
+    return callable(getattr(net, "set_attention", None))
+
+
+def resolve_plan(
+    requested: dict[str, str],
+    info: ModelInfo,
+    net: nn.Module,
+    device: torch.device,
+    own_step: bool,
+    saved: dict[str, Any] | None = None,
+) -> StepPlan:
+    """`requested` ("auto" or a value per field) -> a plan; `saved` (a resumed run's plan)
+    wins over "auto", so a resumed run keeps the choice it started with."""
+    saved = saved or {}
+
+    def pick(field: str, default: Any) -> Any:
+        value = requested.get(field, "auto")
+        if value != "auto":
+            return value
+        return saved.get(field, default)
+
+    attention = pick("attention", "math") if has_window_attention(net) else None
+    impl = None if own_step else pick("optimizer_impl", "foreach")
+    return StepPlan(
+        memory_format=pick("memory_format", default_memory_format(info, device)),
+        attention=attention,
+        optimizer_impl=impl,
+    )
+
+
+def apply_plan(net: nn.Module, plan: StepPlan) -> None:
+    """Put the network in the plan's memory format and attention kernel (in place)."""
+    net.to(memory_format=plan.torch_memory_format)
+    if plan.attention is not None:
+        net.set_attention(plan.attention)  # type: ignore[operator]
+
+
+def optimizer_kwargs(plan: StepPlan) -> dict[str, bool]:
+    """Keyword arguments selecting the plan's implementation of a torch optimiser."""
+    if plan.optimizer_impl is None:
+        return {}
+    if plan.optimizer_impl == "fused":
+        return {"fused": True}
+    return {"foreach": plan.optimizer_impl == "foreach"}
+
+
+def as_input(x: torch.Tensor, plan: StepPlan) -> torch.Tensor:
+    """A batch in the plan's memory format (a no-op for contiguous plans)."""
+    if plan.memory_format == "channels_last" and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x

@@ -1,0 +1,190 @@
+"""The training fast paths compute what the plain paths compute (forward and gradients to
+1e-5), are resolved deterministically, recorded, and kept by a resumed run."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from slimsr.factory import create_model
+from slimsr.registry import get_model_info
+from slimsr.train import Trainer, load_config, resume_config, train
+from slimsr.train.checkpoint import latest_checkpoint
+from slimsr.train.fastpath import (
+    StepPlan,
+    apply_plan,
+    as_input,
+    default_memory_format,
+    optimizer_kwargs,
+    resolve_plan,
+)
+from slimsr.train.trainer import LEGACY_PLAN
+from tests.train_utils import final_state, tiny_recipe
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CPU = torch.device("cpu")
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| relative to the reference's largest magnitude (gradients vary in scale)."""
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+def gradient_error(g1: dict, g0: dict) -> float:
+    """Largest gradient difference relative to the largest gradient of the network: biases
+    that feed a BatchNorm have a zero gradient in exact arithmetic (float noise ~1e-7), so a
+    per-tensor ratio would compare noise with noise."""
+    assert g0.keys() == g1.keys()
+    top = max(float(g.abs().max()) for g in g0.values())
+    return max(float((g1[k] - g0[k]).abs().max()) for k in g0) / top
+
+
+def forward_and_grads(net: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Train-mode forward and backward; seeded, so stochastic depth drops the same paths."""
+    net.zero_grad(set_to_none=True)
+    torch.manual_seed(1)
+    y = net(x)
+    (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+    grads = {n: p.grad.detach().clone() for n, p in net.named_parameters() if p.grad is not None}
+    return y.detach().contiguous(), grads
+
+
+SMALL = {
+    "edsrmini": {"num_feat": 8, "num_block": 2},
+    "fmen_s_train": {},
+    "bsrn_s": {},
+    "abpn": {},
+    "e_rfdn": {},
+    "swinirmini": {},
+}
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_channels_last_step_equals_contiguous(name: str) -> None:
+    torch.manual_seed(0)
+    scale = 3 if name == "abpn" else 2
+    plain = create_model(name, scale, **SMALL[name]).net.train()
+    fast = copy.deepcopy(plain)
+    apply_plan(fast, StepPlan("channels_last", None, None))
+    if name != "swinirmini":  # SwinIR's weights are mostly linear (2-D): nothing to reorder
+        conv = next(p for p in fast.parameters() if p.dim() == 4 and p.shape[-1] > 1)
+        assert conv.is_contiguous(memory_format=torch.channels_last)
+    x = torch.rand(2, 3, 16, 16)
+    y0, g0 = forward_and_grads(plain, x)
+    y1, g1 = forward_and_grads(fast, as_input(x, StepPlan("channels_last", None, None)))
+    assert relative_error(y1, y0) < 1e-5
+    worst = gradient_error(g1, g0)
+    assert worst < 1e-5, worst
+
+
+@pytest.mark.parametrize("size", [(16, 16), (24, 40)])  # 16: not img_size (mask built), 24x40
+def test_swinir_sdpa_attention_equals_math(size: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    plain = create_model("swinirmini", 2).net.train()
+    with torch.no_grad():  # non-zero biases, so the bias and mask paths are exercised
+        for m in plain.modules():
+            if hasattr(m, "relative_position_bias_table"):
+                m.relative_position_bias_table.normal_(0, 0.5)
+    fast = copy.deepcopy(plain)
+    fast.set_attention("sdpa")
+    assert all(m.use_sdpa for m in fast.modules() if hasattr(m, "use_sdpa"))
+    x = torch.rand(2, 3, *size)
+    y0, g0 = forward_and_grads(plain, x)
+    y1, g1 = forward_and_grads(fast, x)
+    assert relative_error(y1, y0) < 1e-5
+    tables = [k for k in g0 if k.endswith("relative_position_bias_table")]
+    assert tables and all(g0[k].abs().max() > 0 for k in tables)
+    worst = gradient_error(g1, g0)
+    assert worst < 1e-5, worst
+
+
+def test_swinir_builds_the_shifted_window_mask_once_per_size() -> None:
+    net = create_model("swinirmini", 2).net
+    x = torch.zeros(1, 24, 16, 24)
+    first = net.attention_mask(16, 24, x)
+    assert first is not None
+    assert net.attention_mask(16, 24, x) is first  # cached, not rebuilt per step
+    assert net.attention_mask(*net.img_size, x) is None  # the stored buffers serve img_size
+    with pytest.raises(ValueError, match="attention"):
+        net.set_attention("flash")
+
+
+@pytest.mark.parametrize("impl", ["foreach", "fused"])
+def test_optimizer_implementations_agree_with_the_loop(impl: str) -> None:
+    torch.manual_seed(0)
+    net = create_model("edsrmini", 2, num_feat=8, num_block=1).net
+    nets = {k: copy.deepcopy(net) for k in ("for_loop", impl)}
+    x = torch.rand(2, 3, 12, 12)
+    for name, n in nets.items():
+        plan = StepPlan("contiguous", None, name)  # type: ignore[arg-type]
+        opt = torch.optim.Adam(n.parameters(), 1e-2, **optimizer_kwargs(plan))
+        for _ in range(3):
+            opt.zero_grad()
+            n(x).square().mean().backward()
+            opt.step()
+    for (k, a), b in zip(nets["for_loop"].state_dict().items(), nets[impl].state_dict().values()):
+        assert relative_error(b, a) < 1e-5, k
+
+
+def test_plan_defaults_overrides_and_saved_choice() -> None:
+    info = get_model_info("edsrmini")
+    net = create_model("edsrmini", 2).net
+    swin = create_model("swinirmini", 2).net
+    auto = {"memory_format": "auto", "attention": "auto", "optimizer_impl": "auto"}
+    plan = resolve_plan(auto, info, net, CPU, own_step=False)
+    assert plan == StepPlan(default_memory_format(info, CPU), None, "foreach")
+    assert plan.memory_format == "channels_last"
+    assert default_memory_format(get_model_info("fmen_train"), CPU) == "contiguous"
+    assert default_memory_format(info, torch.device("cuda")) == "contiguous"
+    # OBProx-SG has its own step; SwinIR has attention to choose
+    assert resolve_plan(auto, info, net, CPU, own_step=True).optimizer_impl is None
+    swin_plan = resolve_plan(auto, get_model_info("swinirmini"), swin, CPU, own_step=False)
+    assert swin_plan.attention == "math"
+    # a resumed run keeps its own choice over "auto"; an explicit request wins over both
+    legacy = resolve_plan(auto, info, net, CPU, own_step=False, saved=LEGACY_PLAN)
+    assert legacy == StepPlan("contiguous", None, "for_loop")
+    forced = {**auto, "memory_format": "contiguous", "optimizer_impl": "fused"}
+    assert resolve_plan(forced, info, net, CPU, False, saved=plan.as_dict()) == StepPlan(
+        "contiguous", None, "fused"
+    )
+
+
+def test_the_plan_is_logged_checkpointed_and_kept_on_resume(tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path, "planned", train__iterations=4, logging__checkpoint_every=2)
+
+    def stop(event: str, trainer: Trainer) -> None:
+        if event == "step" and trainer.iteration == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # the trainer saves and stops
+
+    first = Trainer(load_config(recipe), callbacks=[stop]).run()
+    assert first.interrupted and first.iteration == 2
+    start = json.loads((first.run_dir / "train.jsonl").read_text().splitlines()[0])
+    assert start["event"] == "start"
+    assert start["fast_path"] == {
+        "memory_format": "channels_last",
+        "attention": None,
+        "optimizer_impl": "foreach",
+    }
+    assert final_state(first.run_dir)["fast_path"] == start["fast_path"]
+
+    # a run checkpointed before fast paths existed resumes the way it was made
+    state_path = latest_checkpoint(first.run_dir / "checkpoints")
+    state = torch.load(state_path, weights_only=False)
+    del state["fast_path"]
+    torch.save(state, state_path)
+    resumed = train(resume_config(first.run_dir), resume=True)
+    assert resumed.iteration == 4 and not resumed.interrupted
+    events = [json.loads(x) for x in (resumed.run_dir / "train.jsonl").read_text().splitlines()]
+    assert [e for e in events if e["event"] == "resume"][-1]["fast_path"] == {
+        "memory_format": "contiguous",
+        "attention": None,
+        "optimizer_impl": "for_loop",
+    }
+    assert final_state(resumed.run_dir)["fast_path"]["memory_format"] == "contiguous"
