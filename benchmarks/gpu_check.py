@@ -92,25 +92,36 @@ class Settings:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
+        common = {"device": args.device, "quick": args.quick, "ddp_cpu": args.ddp_cpu}
         if args.quick:
             return cls(
-                args.device, True, 2, 16, 1, 3, 0, "eager", 32, 1, 2, (48, 27), 2, args.ddp_cpu
+                **common,
+                batch=2,
+                patch=16,
+                window=1,
+                windows=3,
+                workers=0,
+                # dynamo's capture without inductor's minutes of C++ builds on a CPU
+                compile_backend=args.compile_backend or "eager",
+                profile_input=32,
+                profile_warmup=1,
+                profile_repeats=2,
+                upscale_lr=(48, 27),
+                ddp_iterations=2,
             )
         return cls(
-            args.device,
-            False,
-            16,
-            64,
-            25,
-            5,
-            min(4, os.cpu_count() or 1),
-            "inductor",
-            256,
-            5,
-            50,
-            (960, 540),
-            4,
-            args.ddp_cpu,
+            **common,
+            batch=16,
+            patch=64,
+            window=25,
+            windows=5,
+            workers=min(4, os.cpu_count() or 1),
+            compile_backend=args.compile_backend or "inductor",
+            profile_input=256,
+            profile_warmup=5,
+            profile_repeats=50,
+            upscale_lr=(960, 540),
+            ddp_iterations=4,
         )
 
 
@@ -602,6 +613,9 @@ def main() -> None:
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a CPU smoke run)")
     parser.add_argument("--ddp-cpu", action="store_true", help="CPU: run the DDP part (gloo)")
+    parser.add_argument(
+        "--compile-backend", help="torch.compile backend (default: inductor; --quick: eager)"
+    )
     parser.add_argument("--part", choices=PARTS, help="run one part; its rows go to --rows")
     parser.add_argument("--rows", type=Path, help="folder of the parts' row files")
     parser.add_argument("--report", type=Path, metavar="DIR", help="table from DIR's parts")
