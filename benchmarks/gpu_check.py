@@ -323,6 +323,7 @@ def part_profile(s: Settings, emit: Callable[[dict], None]) -> None:
                 emit(row(part, item, FAILED, one_line(exc)))
                 continue
             p = PAPER_TABLE4[name]
+            what = "" if s.device == "cuda" else ", increase"
             emit(
                 row(
                     part,
@@ -330,7 +331,7 @@ def part_profile(s: Settings, emit: Callable[[dict], None]) -> None:
                     OK,
                     f"{rt['median_ms']:.2f} ms median (IQR {rt['iqr_ms']:.2f}, "
                     f"{len(rt['times_ms'])} runs, {rt['method']}), peak "
-                    f"{found[name]['memory_mb']:.1f} MB ({mem['method']}{'' if s.device == 'cuda' else ', increase'}); {n}x{n} LR, "
+                    f"{found[name]['memory_mb']:.1f} MB ({mem['method']}{what}); {n}x{n} LR, "
                     f"{d['settings'].get('dtype')}",
                     f"{PAPER_REF}: {p['runtime_ms']} ms, {p['memory_mb']} MB",
                     **found[name],
