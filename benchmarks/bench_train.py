@@ -36,6 +36,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,7 @@ from rich.table import Table
 
 from slimsr.factory import create_model
 from slimsr.profile import complexity
-from slimsr.train import load_config, train
+from slimsr.train import TrainConfig, TrainResult, load_config, train
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = [
@@ -107,8 +108,13 @@ def bench_recipe(
     *,
     recipe: str | None = None,
     extra: list[str] | None = None,
+    run: Callable[[TrainConfig], TrainResult] = train,
 ) -> dict:
-    """Train `recipe` (default: `name`) for a few iterations; `name` names the run and the row."""
+    """Train `recipe` (default: `name`) for a few iterations; `name` names the run and the row.
+
+    `run` trains the resolved config (default `slimsr.train.train`); gpu_check.py passes a
+    trainer with a compiled forward.
+    """
     cfg_path = REPO / "configs" / f"{recipe or name}.yaml"
     base = load_config(cfg_path, check_paths=False, base_dir=REPO)
     batch = batch or base.data.train.batch_size
@@ -130,7 +136,7 @@ def bench_recipe(
         "train.scheduler={type: constant}",  # the recipes' milestones lie past a short run
     ]
     cfg = load_config(cfg_path, overrides, base_dir=REPO)
-    result = train(cfg)
+    result = run(cfg)
     log = [json.loads(x) for x in (result.run_dir / "train.jsonl").read_text().splitlines()]
     windows = [e for e in log if e["event"] == "train"][1:]  # the first window is warm-up
     it_s = statistics.fmean(e["it_per_s"] for e in windows)
