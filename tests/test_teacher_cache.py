@@ -23,7 +23,13 @@ from slimsr.train.teacher_cache import (
     open_cache,
 )
 from tests.test_train_resume import straight_and_resumed
-from tests.train_utils import assert_same_optimizer, assert_same_tensors, tiny_recipe, write_images
+from tests.train_utils import (
+    assert_same_optimizer,
+    assert_same_tensors,
+    final_state,
+    tiny_recipe,
+    write_images,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -235,3 +241,44 @@ def test_memory_estimate_counts_no_teacher_forward_with_the_cache(tmp_path: Path
         recipe["distill"] = {"teacher": str(teacher), "cache": cache}
         sizes[cache] = estimate_memory(load_config(recipe)).teacher
     assert sizes[True] == 0 < sizes[False]
+
+
+def test_torchrun_first_process_builds_and_two_processes_match_one(tmp_path: Path) -> None:
+    """Under DDP rank 0 builds the cache, the other rank waits and maps it; 2 processes with
+    the cached targets train what 1 process does."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    teacher = _teacher(tmp_path)
+    over = {"train__iterations": 4, "data__train__batch_size": 4, "data__val": None}
+    runs = {}
+    for name in ("single", "ddp"):
+        recipe = tiny_recipe(tmp_path, name, **over)
+        recipe["distill"] = {
+            "teacher": str(teacher),
+            "levels": 3,
+            "cache_dir": str(tmp_path / f"cache_{name}"),
+        }
+        runs[name] = recipe
+    train(load_config(runs["single"]))
+    cfg = tmp_path / "ddp.yaml"
+    cfg.write_text(yaml.safe_dump(runs["ddp"]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    out = subprocess.run(
+        [*cmd, "-m", "slimsr", "train", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    log = (tmp_path / "runs" / "ddp" / "train.jsonl").read_text().splitlines()
+    assert json.loads(log[0])["teacher_cache"]["built"]
+    assert len(list((tmp_path / "cache_ddp").iterdir())) == 2  # one data file, one index
+    a = final_state(tmp_path / "runs" / "single")
+    b = final_state(tmp_path / "runs" / "ddp")
+    for key in a["params"]:
+        torch.testing.assert_close(b["params"][key], a["params"][key], rtol=0, atol=1e-6)
