@@ -37,7 +37,7 @@ crop of the whole-image output against the teacher run on the LR patch alone (bo
 interior, and the distillation loss of a stand-in student, bicubic, on both targets).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_train.py --distill --threads 1 --workers 1 \
-        --json benchmarks/results/distill_cost_cpu1.json      # the teacher-cache table
+        --iters 20 --warmup 4 --json benchmarks/results/distill_cost_cpu1.json  # docs table
 """
 
 from __future__ import annotations
