@@ -153,6 +153,8 @@ def test_reused_when_unchanged_and_rebuilt_when_teacher_data_or_lr_mode_change(
     elsewhere = run("g", distill={"cache_dir": str(tmp_path / "elsewhere")})
     assert elsewhere["built"] and Path(elsewhere["path"]).parent == tmp_path / "elsewhere"
     assert run("h", distill={"cache": False}) is None  # the live teacher, no cache
+    bf16 = run("i", train__precision="bf16")  # the teacher then runs under bf16 autocast
+    assert bf16 is not None and bf16["built"]
 
 
 def test_an_interrupted_build_leaves_no_valid_looking_cache(tmp_path: Path) -> None:
