@@ -25,6 +25,19 @@ thread count, measured before and after the models (the higher is used).
     python benchmarks/bench_train.py bsrn_s_x4 fmen_s_x4 --iters 20 --batch 16 --json out.json
     OMP_NUM_THREADS=1 python benchmarks/bench_train.py --models --threads 1 \
         --json benchmarks/results/train_efficiency_cpu1.json   # the table in docs/training.md
+
+--distill compares, in one run and on the same recipe (EDSRmini x2 student, batch 16 of 32 px
+LR patches unless --batch/--patch say otherwise), a plain step, a distillation step whose
+targets come from the teacher cache (`distill.cache: true`, the default) and one that runs the
+teacher on every batch (`distill.cache: false`); the teacher is the official BSRN x2
+(../shared/weights/official/bsrn_x2.pth, or --teacher). It also measures how exact the cache
+is on real training images (--exactness-images from ../shared/datasets/BSD200/HR): the float16
+rounding, the flip/rotation of the output against the teacher on the flipped input, and a
+crop of the whole-image output against the teacher run on the LR patch alone (border ring and
+interior, and the distillation loss of a stand-in student, bicubic, on both targets).
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_train.py --distill --threads 1 --workers 1 \
+        --iters 20 --warmup 4 --json benchmarks/results/distill_cost_cpu1.json  # docs table
 """
 
 from __future__ import annotations
@@ -62,6 +75,8 @@ PUBLISHED = [
 ]
 MODELS = ["edsrmini", "swinirmini", "fmen_s_train", "bsrn_s", "bsrn", "abpn", "e_rfdn"]
 MODEL_BASE = "bsrn_s_x4_quick_cpu"  # the fixed recipe of --models: its loss, optimiser, data
+TEACHER = REPO.parent / "shared" / "weights" / "official" / "bsrn_x2.pth"
+EXACTNESS_DATA = REPO.parent / "shared" / "datasets" / "BSD200" / "HR"
 GEMM_N = 3072
 
 
@@ -268,6 +283,192 @@ def run_models(args: argparse.Namespace) -> None:
         args.json.write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
 
 
+def distill_rows(args: argparse.Namespace, images: Path, out: Path, batch: int) -> list[dict]:
+    """Plain, cached-teacher and live-teacher steps of one EDSRmini x2 recipe, side by side."""
+    base = [
+        "model.name=edsrmini",
+        "model.scale=2",
+        f"data.train.patch_size={args.patch}",
+    ]
+    variants = {
+        "plain": [],
+        "distill, teacher cache": [f"distill={{teacher: {args.teacher}, cache: true}}"],
+        "distill, live teacher": [f"distill={{teacher: {args.teacher}, cache: false}}"],
+    }
+    rows = []
+    for i, (label, extra) in enumerate(variants.items()):
+        row = bench_recipe(
+            f"distill_{i}",
+            images,
+            out,
+            args.iters,
+            args.warmup,
+            batch,
+            args.workers,
+            recipe=MODEL_BASE,
+            extra=[*base, *extra],
+        )
+        log = out / f"distill_{i}" / "train.jsonl"
+        start = json.loads(log.read_text().splitlines()[0])
+        row.update(variant=label, teacher_cache=start.get("teacher_cache"))
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr)
+    for r in rows:
+        r["step_ratio_to_plain"] = r["step_s"] / rows[0]["step_s"]
+    return rows
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = float(((a - b) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * float(np.log10(1.0 / mse))
+
+
+def cache_exactness(args: argparse.Namespace) -> dict:
+    """How far the cached targets are from the live teacher's, on real training images."""
+    from slimsr.data import training_store
+    from slimsr.factory import load
+    from slimsr.train.losses import DistillationLoss
+
+    teacher = load(args.teacher).eval()
+    scale = teacher.scale
+    store = training_store([(args.exactness_data, None)], scale, args.patch)
+    n = min(args.exactness_images, len(store))
+    loss_fn = DistillationLoss(5)
+    rng = np.random.default_rng(0)
+    fp16_err, fp16_psnr, dihedral = [], [], []
+    ring_abs, inner_abs, crop_psnr, loss_live, loss_cached = [], [], [], [], []
+    hr_live, hr_cached, hr_whole = [], [], []
+    p, ring = args.patch, args.ring
+    with torch.no_grad():
+        for i in range(n):
+            hr, lr = (t[None] for t in store[i].float_pair())
+            whole = teacher.raw(lr)
+            hr_whole.append(_psnr(whole.clamp(0, 1), hr))
+            half = whole.half().float()
+            fp16_err.append(float((half - whole).abs().max()))
+            fp16_psnr.append(_psnr(half, whole))
+            for hflip, vflip, transpose in [(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 1)]:
+
+                def turn(t: torch.Tensor, h=hflip, v=vflip, tr=transpose) -> torch.Tensor:
+                    t = t.flip(-1) if h else t
+                    t = t.flip(-2) if v else t
+                    return t.transpose(-1, -2) if tr else t
+
+                live = teacher.raw(turn(lr))
+                dihedral.append(
+                    {
+                        "psnr": _psnr(turn(whole), live),
+                        "max_abs": float((turn(whole) - live).abs().max()),
+                    }
+                )
+            h, w = lr.shape[-2:]
+            tops = rng.integers(0, h - p + 1, 4)
+            lefts = rng.integers(0, w - p + 1, 4)
+            patches = torch.cat([lr[..., y : y + p, x : x + p] for y, x in zip(tops, lefts)])
+            live = teacher.raw(patches)
+            cached = (
+                torch.cat(
+                    [
+                        whole[..., y * scale : (y + p) * scale, x * scale : (x + p) * scale]
+                        for y, x in zip(tops, lefts)
+                    ]
+                )
+                .half()
+                .float()
+            )
+            diff = (cached - live).abs()
+            r = ring * scale
+            mask = torch.ones_like(diff, dtype=torch.bool)
+            mask[..., r:-r, r:-r] = False
+            ring_abs.append(float(diff[mask].mean()))
+            inner_abs.append(float(diff[~mask].mean()))
+            crop_psnr.append(_psnr(cached, live))
+            hr_patches = torch.cat(
+                [
+                    hr[..., y * scale : (y + p) * scale, x * scale : (x + p) * scale]
+                    for y, x in zip(tops, lefts)
+                ]
+            )
+            hr_live.append(_psnr(live.clamp(0, 1), hr_patches))
+            hr_cached.append(_psnr(cached.clamp(0, 1), hr_patches))
+            student = torch.nn.functional.interpolate(patches, scale_factor=scale, mode="bicubic")
+            loss_live.append(float(loss_fn(student, live)[0]))
+            loss_cached.append(float(loss_fn(student, cached)[0]))
+    mean = statistics.fmean
+    return {
+        "teacher": str(args.teacher),
+        "images": n,
+        "data": str(args.exactness_data),
+        "patch": p,
+        "fp16_max_abs": max(fp16_err),
+        "fp16_psnr_min": min(fp16_psnr),
+        "dihedral_psnr_mean": mean(d["psnr"] for d in dihedral),
+        "dihedral_psnr_min": min(d["psnr"] for d in dihedral),
+        "dihedral_max_abs": max(d["max_abs"] for d in dihedral),
+        "ring_lr_px": ring,
+        "crop_mean_abs_ring": mean(ring_abs),
+        "crop_mean_abs_interior": mean(inner_abs),
+        "crop_psnr_mean": mean(crop_psnr),
+        "teacher_psnr_whole_images": mean(hr_whole),
+        "teacher_psnr_patches_cached": mean(hr_cached),
+        "teacher_psnr_patches_live": mean(hr_live),
+        "loss_student": "bicubic",
+        "loss_live_mean": mean(loss_live),
+        "loss_cached_mean": mean(loss_cached),
+        "loss_rel_diff_mean": mean(abs(a - b) / b for a, b in zip(loss_cached, loss_live)),
+    }
+
+
+def run_distill(args: argparse.Namespace) -> None:
+    if torch.cuda.is_available():
+        raise SystemExit("--distill measures CPU steps; hide the GPU (CUDA_VISIBLE_DEVICES=)")
+    threads = torch.get_num_threads()
+    batch = args.batch or 16
+    meta = {
+        "device": f"CPU ({threads} threads)",
+        "torch": torch.__version__,
+        "threads": threads,
+        "workers": args.workers,
+        "student": "edsrmini x2",
+        "teacher": str(args.teacher),
+        "batch": batch,
+        "patch": args.patch,
+        "timed_iterations": args.warmup * -(-args.iters // args.warmup),
+        "load_1m_before": load_1m(),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        images = Path(tmp) / "images"
+        synthetic_images(images, 24, 320)
+        rows = distill_rows(args, images, Path(tmp) / "runs", batch)
+    meta["load_1m_after_steps"] = load_1m()
+    exact = cache_exactness(args) if args.exactness_images else None
+    table = Table(
+        title=f"distillation step cost, {meta['device']}, torch {meta['torch']}; EDSRmini x2, "
+        f"batch {batch} of {args.patch} px LR patches; teacher {args.teacher.name}; 1-min load "
+        f"{meta['load_1m_before']} before"
+    )
+    for col in ("step", "step ms", "x plain", "samples/s", "data wait", "cache build s"):
+        table.add_column(col, justify="left" if col == "step" else "right")
+    for r in rows:
+        tc = r["teacher_cache"]
+        table.add_row(
+            r["variant"],
+            f"{1000 * r['step_s']:.0f}",
+            f"{r['step_ratio_to_plain']:.2f}",
+            f"{r['samples_per_s']:.1f}",
+            f"{100 * r['data_wait_frac']:.1f}%",
+            f"{tc['seconds']:.1f}" if tc else "",
+        )
+    Console(width=140).print(table)
+    if exact is not None:
+        print(json.dumps(exact, indent=2))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(
+            json.dumps({**meta, "rows": rows, "exactness": exact}, indent=2) + "\n"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("recipes", nargs="*", default=None)
@@ -287,9 +488,21 @@ def main() -> None:
     )
     parser.add_argument("--scale", type=int, default=4, help="--models: scale (default 4)")
     parser.add_argument("--patch", type=int, default=32, help="--models: LR patch (default 32)")
+    parser.add_argument(
+        "--distill", action="store_true", help="plain vs cached-teacher vs live-teacher steps"
+    )
+    parser.add_argument("--teacher", type=Path, default=TEACHER, help="--distill: the teacher")
+    parser.add_argument("--exactness-data", type=Path, default=EXACTNESS_DATA)
+    parser.add_argument(
+        "--exactness-images", type=int, default=8, help="--distill: images measured (0: none)"
+    )
+    parser.add_argument("--ring", type=int, default=4, help="--distill: border ring, LR px")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.distill:
+        run_distill(args)
+        return
     if args.models_list is not None:
         if args.recipes:
             parser.error("give recipes or --models, not both")

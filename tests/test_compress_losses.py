@@ -86,3 +86,30 @@ def test_gradients_match_finite_differences() -> None:
     total, _ = dis(x, y)
     total.backward()
     assert x.grad is not None and y.grad is None
+
+
+def test_one_pyramid_of_the_difference_is_the_four_pyramid_definition() -> None:
+    """L_lap(s,t) + L_lap(HF(s),HF(t)) as written in eq. 9 (four pyramids, a 5x5 depthwise
+    convolution for the blur) equals the trainer's single batched pyramid of s - t."""
+    import torch.nn.functional as F
+
+    row = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], dtype=torch.float64) / 16
+    kernel = torch.outer(row, row).expand(3, 1, 5, 5)
+    for shape in [(2, 3, 37, 29), (1, 3, 5, 3), (1, 3, 2, 2)]:
+        x = torch.rand(shape, dtype=torch.float64)
+        mode = "reflect" if min(shape[-2:]) >= 3 else "replicate"
+        conv = F.conv2d(F.pad(x, (2, 2, 2, 2), mode=mode), kernel, groups=3)
+        assert torch.allclose(gaussian_blur(x), conv, atol=1e-14)
+
+        s, t = torch.rand(shape, dtype=torch.float64), torch.rand(shape, dtype=torch.float64)
+
+        def lap(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            pa, pb = laplacian_pyramid(a, 5), laplacian_pyramid(b, 5)
+            return sum((2.0**j) * (u - v).abs().mean() for j, (u, v) in enumerate(zip(pa, pb)))
+
+        total, terms = DistillationLoss(5)(s, t)
+        assert float(terms["lap"]) == pytest.approx(float(lap(s, t)), rel=1e-12)
+        hf = lap(high_frequency(s), high_frequency(t))
+        assert float(terms["lap_hf"]) == pytest.approx(float(hf), rel=1e-12)
+        assert float(total) == pytest.approx(float(lap(s, t) + hf), rel=1e-12)
+        assert float(LaplacianLoss(5)(s, t)) == pytest.approx(float(lap(s, t)), rel=1e-12)

@@ -129,6 +129,14 @@ class DistillStageConfig(Section):
     )
     alpha: NonNegativeFloat = Field(0.1, description="Weight of the ground-truth loss (eq. 8).")
     levels: PositiveInt = Field(5, description="Laplacian pyramid levels.")
+    cache: bool = Field(
+        True,
+        description="Teacher outputs computed once per training image and cropped per patch "
+        "(as a training recipe's distill.cache).",
+    )
+    cache_dir: Path | None = Field(
+        None, description="Folder of the teacher caches; default: the run folder's teacher_cache."
+    )
     train: OptimConfig = Field(description="As a training recipe's `train` section.")
 
     @model_validator(mode="before")

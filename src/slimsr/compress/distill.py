@@ -5,8 +5,9 @@
 with alpha = 0.1, HF(x) = x - GaussianBlur5x5(x) and L_lap the Laplacian-pyramid L1 loss
 (`slimsr.train.losses`). The training itself is the ordinary engine (`slimsr.train`) with a
 `distill:` section: the teacher is loaded with `slimsr.load` (any supported checkpoint, any
-architecture of the same scale), frozen, and run on each batch in the trainer's step. The
-student starts from scratch, as the paper's (or from `distill.student_init`).
+architecture of the same scale) and frozen; its outputs on the whole training images are
+computed once and cropped per patch (`slimsr.train.teacher_cache`; `distill.cache: false` runs
+it on each batch instead). The student starts from scratch, as the paper's (or from `distill.student_init`).
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ def distill_train_config(
             "param_key": cfg.teacher_param_key,
             "alpha": d.alpha,
             "levels": d.levels,
+            "cache": d.cache,
+            "cache_dir": None if d.cache_dir is None else str(d.cache_dir),
         },
         "logging": cfg.logging.model_dump(mode="json"),
     }

@@ -4,10 +4,16 @@
 the patch's crop and flips come from a generator seeded by (seed, position), so a given
 iteration yields the same batch in any process, with any number of workers, before or after
 a resume.
+
+With `teacher` (a distillation run's cached teacher outputs, `slimsr.train.teacher_cache`) an
+item is (LR, HR, teacher) patches: the teacher patch is cut from the teacher's output on the
+whole LR image by the HR patch's coordinates (`transforms.hr_crop`) and given the same
+flip/rotation, and stays float16 (the trainer widens it on the device).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -18,12 +24,13 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from slimsr.data.pairs import DataError, ImagePair, LRMode, PairStore, find_pairs, load_pair
-from slimsr.data.transforms import paired_random_crop, random_dihedral
+from slimsr.data.transforms import hr_crop, random_crop_origin, random_dihedral
 from slimsr.evaluate import DatasetError, dataset_from_root, pair_folders
 
 
 class PatchDataset(Dataset):
-    """(LR patch, HR patch) float32 in [0,1] for `(image_index, stream_position)`."""
+    """(LR patch, HR patch) float32 in [0,1] for `(image_index, stream_position)`; with
+    `teacher` (one HR-sized (3, H*s, W*s) array per image) also the teacher patch."""
 
     def __init__(
         self,
@@ -33,6 +40,7 @@ class PatchDataset(Dataset):
         *,
         flip: bool = True,
         rot90: bool = True,
+        teacher: Sequence[np.ndarray] | None = None,
     ) -> None:
         self.store = store
         self.patch_size = patch_size
@@ -40,17 +48,24 @@ class PatchDataset(Dataset):
         self.seed = seed
         self.flip = flip
         self.rot90 = rot90
+        self.teacher = teacher
 
     def __len__(self) -> int:
         return len(self.store)
 
-    def __getitem__(self, item: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    def __getitem__(self, item: tuple[int, int]) -> tuple[Tensor, ...]:
         index, position = item
         rng = np.random.default_rng([self.seed, 1, position])
         pair = self.store[index]
-        lr, hr = paired_random_crop(pair.lr, pair.hr, self.patch_size, self.scale, rng)
-        lr, hr = random_dihedral((lr, hr), rng, flip=self.flip, rot90=self.rot90)
-        return _as_float(lr), _as_float(hr)
+        p, s = self.patch_size, self.scale
+        top, left = random_crop_origin(pair.lr.shape[-2], pair.lr.shape[-1], p, rng)
+        patches = [pair.lr[..., top : top + p, left : left + p], hr_crop(pair.hr, top, left, p, s)]
+        if self.teacher is not None:
+            patches.append(
+                torch.from_numpy(np.array(hr_crop(self.teacher[index], top, left, p, s)))
+            )
+        out = random_dihedral(tuple(patches), rng, flip=self.flip, rot90=self.rot90)
+        return (_as_float(out[0]), _as_float(out[1]), *out[2:])
 
 
 def _as_float(t: Tensor) -> Tensor:

@@ -1,4 +1,5 @@
-"""Paired random crops and the eight flips/rotations, driven by an explicit random generator.
+"""Random crops (one origin for the LR, HR and teacher patches) and the eight flips/rotations,
+driven by an explicit random generator.
 
 Nothing here touches global random state: each patch gets its own generator (see
 `datasets.PatchDataset`), which is what makes data loading reproducible with any number of
@@ -7,24 +8,28 @@ workers and resumable mid-run.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import numpy as np
 from torch import Tensor
 
+T = TypeVar("T")
 
-def paired_random_crop(
-    lr: Tensor, hr: Tensor, patch: int, scale: int, rng: np.random.Generator
-) -> tuple[Tensor, Tensor]:
-    """An LR patch of `patch` px and the HR patch at the same place (`patch * scale` px)."""
-    h, w = lr.shape[-2:]
+
+def random_crop_origin(h: int, w: int, patch: int, rng: np.random.Generator) -> tuple[int, int]:
+    """(top, left) of a random `patch` x `patch` window in an LR image of h x w (two draws)."""
     if h < patch or w < patch:
         raise ValueError(f"LR {w}x{h} is smaller than the patch {patch}")
     top = int(rng.integers(0, h - patch + 1))
     left = int(rng.integers(0, w - patch + 1))
+    return top, left
+
+
+def hr_crop(hr: T, top: int, left: int, patch: int, scale: int) -> T:
+    """The HR-resolution window under the LR patch at (top, left): HR images and teacher
+    outputs (a tensor or a memory-mapped array) are cut by this one rule."""
     hp = patch * scale
-    return (
-        lr[..., top : top + patch, left : left + patch],
-        hr[..., top * scale : top * scale + hp, left * scale : left * scale + hp],
-    )
+    return hr[..., top * scale : top * scale + hp, left * scale : left * scale + hp]
 
 
 def random_dihedral(

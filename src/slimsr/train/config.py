@@ -374,6 +374,17 @@ class DistillConfig(Section):
         0.1, description="Weight of the ground-truth losses (train.losses) in the total."
     )
     levels: PositiveInt = Field(5, description="Levels of the Laplacian pyramids.")
+    cache: bool = Field(
+        True,
+        description="Compute the teacher's outputs once per training image (float16, "
+        "memory-mapped) and crop each patch's target from them, instead of running the teacher "
+        "on every batch (`slimsr.train.teacher_cache`).",
+    )
+    cache_dir: Path | None = Field(
+        None,
+        description="Folder of the teacher caches (one per teacher, data and LR mode); "
+        "default: output_dir/teacher_cache.",
+    )
 
     @field_validator("teacher")
     @classmethod

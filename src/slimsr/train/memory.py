@@ -8,8 +8,11 @@ BSRN-S activations for the backward pass). The estimate adds:
   with one patch (`saved_bytes_per_sample`), times the per-process batch, times `BACKWARD_PEAK`
   for the gradients that live alongside them while the backward runs;
 * the model: weights, gradients, optimiser state and EMA (4 bytes per parameter each);
-* a distillation teacher: its weights and one inference forward
-  (`slimsr.upscale.activation_bytes_per_pixel`: no gradients, so only a few tensors live);
+* a distillation teacher run on every batch (`distill.cache: false`): its weights and one
+  inference forward (`slimsr.upscale.activation_bytes_per_pixel`: no gradients, so only a few
+  tensors live). With the teacher cache (the default) nothing: the teacher runs before training
+  (its forward bounded by `trainer.TEACHER_BUILD_BUDGET_MB`), is then released, and the cached
+  outputs are a memory-mapped file (reclaimable page cache, not process memory);
 * the data: the decoded-image cache (sized from the image headers, no decoding) once per
   process on this machine (DataLoader workers share it copy-on-write), the validation images,
   and the batches the loader keeps in flight (workers x prefetch, plus the one in use);
@@ -256,7 +259,7 @@ def estimate_memory(config: TrainConfig, *, batch_size: int | None = None) -> Me
     copies = 2 + states + (1 if config.train.ema is not None else 0)
     per_sample = saved_bytes_per_sample(model.net, patch)
     teacher = 0
-    if config.distill is not None and config.distill.teacher.is_file():
+    if config.distill is not None and config.distill.teacher.is_file() and not config.distill.cache:
         t = load(config.distill.teacher, param_key=config.distill.param_key)
         per_px = activation_bytes_per_pixel(t.net)
         teacher = int(per_px * batch * patch * patch) + 4 * sum(

@@ -229,6 +229,7 @@ _PATH_KEYS: tuple[Loc, ...] = (
     ("model", "pretrained"),
     ("distill", "teacher"),
     ("distill", "student_init"),  # compression recipes
+    ("distill", "cache_dir"),
     ("data", "val", "root"),
     ("data", "val", "hr"),
     ("data", "val", "lr"),

@@ -25,6 +25,7 @@ RESUMABLE_CHANGES = (
     "train.iterations",
     "train.max_nonfinite_steps",
     "data.train.num_workers",
+    "distill.cache_dir",
     "data.val.",
     "logging.",
 )

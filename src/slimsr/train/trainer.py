@@ -25,6 +25,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from slimsr.factory import create_model, load
 from slimsr.fileio import atomic_write_text
 from slimsr.model import SRModel
 from slimsr.quant.qat import QATNet, calibrate, prepare_qat, qat_net
+from slimsr.tiling import upscale_tiled
 from slimsr.train import distributed as ddp
 from slimsr.train.checkpoint import (
     ResumeError,
@@ -74,11 +76,18 @@ from slimsr.train.resume import (
 )
 from slimsr.train.runlog import ConsoleView, EventLog, Scalars
 from slimsr.train.schedules import build_schedule
+from slimsr.train.teacher_cache import TeacherOutputs, cache_key, ensure_cache, open_cache
 from slimsr.train.threads import check_cpu_load
 from slimsr.train.validation import evaluate_images
+from slimsr.upscale import activation_bytes_per_pixel, auto_tile_for_budget
 
 Callback = Callable[[str, "Trainer"], None]
 """Called with an event name ("step", "checkpoint", "validation") after it happens."""
+
+
+TEACHER_BUILD_BUDGET_MB = 2048
+"""Working memory of one teacher forward while the teacher cache is built: a larger training
+image is run in overlapping tiles (`slimsr.tiling.upscale_tiled`)."""
 
 
 class TrainingDivergedError(SlimsrError):
@@ -238,9 +247,9 @@ class Trainer:
         self._set_plan(self._resolve_plan(saved_plan))
         self.schedule = build_schedule(o.scheduler, o.iterations, o.lr)
         self.loss_fn = WeightedLoss(o.losses)
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(o.precision)
         self._build_teacher(dist.device)
         self.ema = EMA(self.model.net, o.ema.decay, o.ema.start_iter) if o.ema else None
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(o.precision)
         self.scaler = torch.amp.GradScaler(dist.device.type, enabled=o.precision == "fp16")
         self.forward: torch.nn.Module = self.model
         if dist.enabled:
@@ -271,6 +280,7 @@ class Trainer:
         """Load the frozen teacher of a distillation run (`distill:`), or set none."""
         self.teacher: SRModel | None = None
         self.teacher_record: dict[str, Any] | None = None
+        self.teacher_precision = "fp32"
         d = self.config.distill
         if d is None:
             return
@@ -283,6 +293,7 @@ class Trainer:
         for p in teacher.parameters():
             p.requires_grad_(False)
         self.teacher = teacher.to(device).eval()
+        self.teacher_precision = self._teacher_precision()
         self.teacher_record = {
             "path": str(d.teacher),
             "sha256": _file_sha256(d.teacher),
@@ -291,21 +302,94 @@ class Trainer:
         }
         self.distill_loss = DistillationLoss(d.levels)
 
-    def _add_distillation(
-        self, lr_img: Tensor, sr: Tensor, gt_loss: Tensor, terms: dict[str, Tensor]
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """alpha * ground-truth loss + L_lap(s, t) + L_lap(HF(s), HF(t)); teacher frozen."""
-        assert self.teacher is not None and self.config.distill is not None
+    def _teacher_precision(self) -> str:
+        """The teacher runs under the student's autocast unless it is unsafe in that precision."""
+        assert self.teacher is not None
         info, dtype = self.teacher.info, self.amp_dtype
-        # the teacher runs under the student's autocast unless it is unsafe in that precision
-        amp = (dtype == torch.bfloat16 and info.supports_bf16) or (
+        if (dtype == torch.bfloat16 and info.supports_bf16) or (
             dtype == torch.float16 and info.supports_fp16
-        )
-        with (
-            torch.no_grad(),
-            torch.autocast(self.dist.device.type, dtype=dtype or torch.float32, enabled=amp),
         ):
-            teacher_sr = self.teacher.raw(lr_img)  # eval mode, raw numerics
+            return self.config.train.precision
+        return "fp32"
+
+    def _teacher_autocast(self) -> AbstractContextManager[Any]:
+        precision = self.teacher_precision
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+        return torch.autocast(self.dist.device.type, dtype=dtype, enabled=precision != "fp32")
+
+    def _run_teacher(self, lr_img: Tensor) -> Tensor:
+        """The frozen teacher's raw output (eval mode, unclamped, no gradients)."""
+        assert self.teacher is not None
+        with torch.no_grad(), self._teacher_autocast():
+            return self.teacher.raw(lr_img)
+
+    def _prepare_teacher_cache(self, progress: bool) -> None:
+        """`distill.cache`: the teacher's outputs on every whole training image, built once
+        (rank 0; the other ranks wait) or reused; the teacher itself is then released."""
+        self.teacher_outputs: TeacherOutputs | None = None
+        self.teacher_cache_report: dict[str, Any] | None = None
+        d = self.config.distill
+        if self.teacher is None or d is None or not d.cache:
+            return
+        assert self.teacher_record is not None
+        folder = d.cache_dir or Path(self.config.output_dir) / "teacher_cache"
+        key = cache_key(
+            teacher_sha256=self.teacher_record["sha256"],
+            param_key=d.param_key,
+            precision=self.teacher_precision,
+            scale=self.config.model.scale,
+            lr_mode=self.config.data.train.lr_mode,
+            pairs=self.store.pairs,
+        )
+        device = self.dist.device
+        bpp = activation_bytes_per_pixel(self.teacher.net)
+        tile = auto_tile_for_budget(bpp, TEACHER_BUILD_BUDGET_MB, self.teacher.info.size_multiple)
+
+        def run(x: Tensor) -> Tensor:
+            x = x.to(device)
+            if x.shape[-2] * x.shape[-1] * bpp <= TEACHER_BUILD_BUDGET_MB * 2**20:
+                return self._run_teacher(x)
+            return upscale_tiled(self._run_teacher, x, self.teacher.scale, tile)
+
+        failure: SlimsrError | None = None
+        if self.dist.is_main:
+            try:
+                outputs, report = ensure_cache(
+                    folder,
+                    key,
+                    lambda i: self.store[i].float_pair()[1],
+                    run,
+                    progress=progress,
+                )
+                self.teacher_outputs = outputs
+                self.teacher_cache_report = report.as_dict()
+            except SlimsrError as exc:
+                failure = exc
+        if ddp.any_rank(failure is not None, self.dist):  # also the others' wait for rank 0
+            raise failure or SlimsrError("the first process could not build the teacher cache")
+        if not self.dist.is_main:
+            self.teacher_outputs = open_cache(folder, key)
+            if self.teacher_outputs is None:
+                raise SlimsrError(f"teacher cache in {folder}: not readable by every process")
+        self.teacher = None  # the targets come from the cache from now on
+
+    def _add_distillation(
+        self,
+        lr_img: Tensor,
+        sr: Tensor,
+        gt_loss: Tensor,
+        terms: dict[str, Tensor],
+        teacher_img: Tensor | None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """alpha * ground-truth loss + L_lap(s, t) + L_lap(HF(s), HF(t)); teacher frozen.
+
+        t is the cached teacher patch (`teacher_img`, float16) or, without the cache, the
+        teacher run on this batch."""
+        assert self.config.distill is not None
+        if teacher_img is not None:
+            teacher_sr = teacher_img.to(self.dist.device, non_blocking=True).float()
+        else:
+            teacher_sr = self._run_teacher(lr_img)
         dis, dis_terms = self.distill_loss(sr, teacher_sr)
         return self.config.distill.alpha * gt_loss + dis, {**terms, **dis_terms}
 
@@ -361,7 +445,7 @@ class Trainer:
                 f"{str(current.get('sha256'))[:12]}; resuming would change the targets"
             )
 
-    def _make_loader(self) -> Iterator[tuple[Tensor, Tensor]]:
+    def _make_loader(self) -> Iterator[tuple[Tensor, ...]]:
         d = self.config.data.train
         dist = self.dist
         self.sampler = IterationSampler(
@@ -373,7 +457,12 @@ class Trainer:
             start_iteration=self.iteration,
         )
         dataset = PatchDataset(
-            self.store, d.patch_size, self.config.seed, flip=d.flip, rot90=d.rot90
+            self.store,
+            d.patch_size,
+            self.config.seed,
+            flip=d.flip,
+            rot90=d.rot90,
+            teacher=self.teacher_outputs,
         )
         loader = DataLoader(
             dataset,
@@ -391,8 +480,13 @@ class Trainer:
 
     # -- one step --------------------------------------------------------------------------------
 
-    def train_step(self, lr_img: Tensor, hr_img: Tensor) -> dict[str, Any]:
-        """One optimiser step at `self.iteration` (0-based); returns its statistics."""
+    def train_step(
+        self, lr_img: Tensor, hr_img: Tensor, teacher_img: Tensor | None = None
+    ) -> dict[str, Any]:
+        """One optimiser step at `self.iteration` (0-based); returns its statistics.
+
+        `teacher_img`: the cached teacher patches of a distillation run (else the teacher, if
+        any, runs on `lr_img`)."""
         o = self.config.train
         device = self.dist.device
         lr_img = as_input(lr_img.to(device, non_blocking=True), self.plan)
@@ -408,8 +502,8 @@ class Trainer:
         ):
             sr = self.forward(lr_img)
         loss, terms = self.loss_fn(sr, hr_img)
-        if self.teacher is not None:
-            loss, terms = self._add_distillation(lr_img, sr, loss, terms)
+        if self.config.distill is not None:
+            loss, terms = self._add_distillation(lr_img, sr, loss, terms, teacher_img)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         grads = [p.grad for p in self.params if p.grad is not None]
@@ -616,6 +710,9 @@ class Trainer:
         if resume_from is not None and state is not None:
             self._restore(resume_from, state)
         del state
+        # written outside the run folder, after every input check: a derived file that is
+        # valid on its own (shared by runs of the same teacher and data)
+        self._prepare_teacher_cache(progress=cfg.logging.progress != "none")
         self.config_sha256 = config_hash(cfg)
         data_iter = self._make_loader()
         # the training RNG stream: per rank, and restored exactly on resume
@@ -661,6 +758,8 @@ class Trainer:
             start_info["partial_init"] = self.init_report
         if self.teacher_record is not None:
             start_info["teacher"] = self.teacher_record
+        if self.teacher_cache_report is not None:
+            start_info["teacher_cache"] = self.teacher_cache_report
         self.log.write("resume" if resume_from else "start", **start_info)
         view.report(
             f"{'resuming' if resume_from else 'training'} {cfg.model.name} x{cfg.model.scale} "
@@ -679,6 +778,13 @@ class Trainer:
             view.report(
                 f"initialised from {cfg.model.pretrained}: {r['copied_tensors']} tensors copied, "
                 f"{r['skipped_tensors']} left at their fresh initialisation or unused"
+            )
+        if self.teacher_cache_report is not None:
+            tc = self.teacher_cache_report
+            view.report(
+                f"teacher outputs {'computed' if tc['built'] else 'reused'}: {tc['images']} "
+                f"images, {tc['mb']} MB float16 in {tc['path']}"
+                + (f" ({tc['seconds']:.0f} s)" if tc["built"] else "")
             )
         if self.scalars.unavailable:
             view.report("tensorboard is not installed: scalars go to train.jsonl only")
@@ -726,7 +832,7 @@ class Trainer:
             self.run_dir, self.iteration, interrupted, weights, self.last_metrics, self.best
         )
 
-    def _loop(self, data_iter: Iterator[tuple[Tensor, Tensor]], view: ConsoleView) -> bool:
+    def _loop(self, data_iter: Iterator[tuple[Tensor, ...]], view: ConsoleView) -> bool:
         """Iterate to the end, or to a stop signal (True: interrupted, state saved)."""
         cfg = self.config
         total = cfg.train.iterations
@@ -734,9 +840,9 @@ class Trainer:
         val_due = ckpt_due = False
         while self.iteration < total:
             t_wait = time.perf_counter()
-            lr_img, hr_img = next(data_iter)
+            batch = next(data_iter)  # (LR, HR) or, from the teacher cache, (LR, HR, teacher)
             window.wait += time.perf_counter() - t_wait
-            stats = self.train_step(lr_img, hr_img)
+            stats = self.train_step(*batch)
             self.iteration += 1
             window.add(stats)
             if stats["bad"]:
