@@ -208,14 +208,14 @@ def timed_trainer(backend: str | None) -> tuple[Callable[[Any], Any], list[float
     steps: list[float] = []
 
     class _Timed(Trainer):
-        def _build(self) -> None:
-            super()._build()
+        def _build(self, state: Any = None) -> None:
+            super()._build(state)
             if backend is not None:
                 self.forward = torch.compile(self.forward, backend=backend)
 
-        def train_step(self, lr_img: Any, hr_img: Any) -> dict[str, Any]:
+        def train_step(self, lr_img: Any, hr_img: Any, teacher_img: Any = None) -> dict[str, Any]:
             t0 = time.perf_counter()
-            stats = super().train_step(lr_img, hr_img)  # ends on a host read of the loss
+            stats = super().train_step(lr_img, hr_img, teacher_img)  # ends on a host read
             steps.append(time.perf_counter() - t0)
             return stats
 

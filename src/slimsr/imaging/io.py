@@ -496,13 +496,6 @@ def write_image(
     file that is the same file as one of `protect` (the inputs).
     """
     path = Path(path)
-    fmt = SUFFIXES.get(path.suffix.lower())
-    if fmt is None:
-        known = ", ".join(sorted(SUFFIXES))
-        raise ImageError(f"{path}: unsupported output format {path.suffix!r} (use {known})")
-    for src in _as_paths(protect):
-        if path.exists() and src.exists() and os.path.samefile(path, src):
-            raise ImageError(f"{path}: refusing to overwrite the input image")
     t = tensor.detach()
     if t.dim() == 4 and t.shape[0] == 1:
         t = t[0]
@@ -513,11 +506,7 @@ def write_image(
         t = torch.cat([t.to(torch.float64), a.to(t.device, torch.float64)], dim=0)
     if t.dim() != 3 or t.shape[0] not in (1, 2, 3, 4):
         raise ValueError(f"write_image expects (C,H,W) with C in 1..4, got {tuple(t.shape)}")
-    channels = t.shape[0]
-    if bit_depth == 16 and fmt != "PNG":
-        raise ImageError(f"{path}: 16-bit output is only supported for PNG")
-    if fmt in _NO_ALPHA and channels in (2, 4):
-        raise ImageError(f"{path}: {fmt} cannot store an alpha channel (write .png or .webp)")
+    check_output(path, t.shape[0], bit_depth == 16, protect)
     return write_samples(
         quantize(t, bit_depth), path, icc_profile=icc_profile, quality=quality, protect=protect
     )

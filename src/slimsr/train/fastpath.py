@@ -9,9 +9,10 @@ if these defaults change in a later version).
 
 - Memory format: channels-last (NHWC) lets oneDNN run the convolutions without reordering,
   forward and backward. Measured on the training step (forward, backward and Adam; batch 8 of
-  32 px LR patches, x4, 1 thread, interleaved in one process), channels-last / contiguous:
-  edsrmini 0.68, fmen_s 0.75, e_rfdn 0.80, bsrn_s 0.82, fmen_s_train 0.86, abpn 0.87,
-  bsrn 1.04 (BSRN's concatenations and 1x1 convolutions, see slimsr.inference).
+  32 px LR patches, x4, 1 thread, idle machine, interleaved in one process), channels-last /
+  contiguous: edsrmini 0.69, fmen_s 0.76, e_rfdn 0.81, edsr_baseline 0.83, fmen_s_train 0.86,
+  abpn 0.86; a tie for bsrn_s 1.00, bsrn 0.98, swinirmini 0.99 (kept contiguous) and
+  fmen_train 1.03 (1.31 in a run on a loaded machine).
 - Attention (SwinIR): "math" (matmul, softmax, matmul, with the position bias and the window
   mask summed while small) or "sdpa" (`F.scaled_dot_product_attention`). With SwinIRmini's
   head size of 4 the fused CPU kernel measured 1.4-1.5x slower than math (whole training
@@ -38,8 +39,8 @@ TRAIN_CHANNELS_LAST_FAMILIES: frozenset[str] = frozenset({"edsr", "fmen", "rfdn"
 """Families whose training step measured faster in NHWC at every model tried (module doc)."""
 
 TRAIN_CONTIGUOUS_MODELS: frozenset[str] = frozenset({"fmen_train"})
-"""Exceptions in those families: FMEN's full-size train-time form measured 1.31x slower in NHWC
-(its RRRBs pad every input into a fresh NCHW tensor)."""
+"""Exceptions in those families: FMEN's full-size train-time form measured 1.03x (idle) to 1.31x
+(loaded machine) slower in NHWC."""
 
 
 @dataclass(frozen=True)
