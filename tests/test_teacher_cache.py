@@ -28,6 +28,7 @@ from tests.train_utils import (
     assert_same_tensors,
     final_state,
     tiny_recipe,
+    train_with_torchrun,
     write_images,
 )
 
@@ -248,10 +249,6 @@ def test_memory_estimate_counts_no_teacher_forward_with_the_cache(tmp_path: Path
 def test_torchrun_first_process_builds_and_two_processes_match_one(tmp_path: Path) -> None:
     """Under DDP rank 0 builds the cache, the other rank waits and maps it; 2 processes with
     the cached targets train what 1 process does."""
-    import subprocess
-    import sys
-
-    import yaml
 
     teacher = _teacher(tmp_path)
     over = {"train__iterations": 4, "data__train__batch_size": 4, "data__val": None}
@@ -265,18 +262,7 @@ def test_torchrun_first_process_builds_and_two_processes_match_one(tmp_path: Pat
         }
         runs[name] = recipe
     train(load_config(runs["single"]))
-    cfg = tmp_path / "ddp.yaml"
-    cfg.write_text(yaml.safe_dump(runs["ddp"]))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    out = subprocess.run(
-        [*cmd, "-m", "slimsr", "train", str(cfg)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        cwd=tmp_path,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    train_with_torchrun(runs["ddp"], tmp_path)
     log = (tmp_path / "runs" / "ddp" / "train.jsonl").read_text().splitlines()
     assert json.loads(log[0])["teacher_cache"]["built"]
     assert len(list((tmp_path / "cache_ddp").iterdir())) == 2  # one data file, one index

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
-import yaml
 
 from slimsr.train import load_config, train
-from tests.train_utils import final_state, tiny_recipe
+from tests.train_utils import final_state, tiny_recipe, train_with_torchrun
 
 
 def test_torchrun_two_processes_match_one(tmp_path: Path) -> None:
@@ -20,20 +16,7 @@ def test_torchrun_two_processes_match_one(tmp_path: Path) -> None:
     single = train(load_config(tiny_recipe(tmp_path, "single", **over)))
     assert single.iteration == 6
 
-    recipe = tiny_recipe(tmp_path, "ddp", **over)
-    cfg = tmp_path / "ddp.yaml"
-    cfg.write_text(yaml.safe_dump(recipe))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    out = subprocess.run(
-        [*cmd, "-m", "slimsr", "train", str(cfg)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=env,
-        cwd=tmp_path,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    train_with_torchrun(tiny_recipe(tmp_path, "ddp", **over), tmp_path)
     run_dir = tmp_path / "runs" / "ddp"
     a, b = final_state(tmp_path / "runs" / "single"), final_state(run_dir)
     assert b["world_size"] == 2 and len(b["rng"]) == 2

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from PIL import Image
 
 from slimsr.train.checkpoint import latest_checkpoint, load_state
@@ -90,3 +94,20 @@ def assert_same_optimizer(a: dict[str, Any], b: dict[str, Any]) -> None:
     for i in a["state"]:
         for k, v in a["state"][i].items():
             assert torch.equal(v, b["state"][i][k]), f"optimizer state {i}.{k} differs"
+
+
+def train_with_torchrun(recipe: dict[str, Any], tmp: Path, procs: int = 2) -> None:
+    """`torchrun --standalone --nproc-per-node N -m slimsr train` on `recipe`, 1 thread each
+    (two 2-thread ranks on 2 cores stall); fails the test with the ranks' stderr."""
+    cfg = tmp / f"{recipe['name']}.yaml"
+    cfg.write_text(yaml.safe_dump(recipe))
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    out = subprocess.run(
+        [*run, "--nproc-per-node", str(procs), "-m", "slimsr", "train", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        cwd=tmp,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
