@@ -25,6 +25,8 @@ thread count, measured before and after the models (the higher is used).
     python benchmarks/bench_train.py bsrn_s_x4 fmen_s_x4 --iters 20 --batch 16 --json out.json
     OMP_NUM_THREADS=1 python benchmarks/bench_train.py --models --threads 1 \
         --json benchmarks/results/train_efficiency_cpu1.json   # the table in docs/training.md
+    OMP_NUM_THREADS=1 python benchmarks/bench_train.py --models edsrmini swinirmini --compile \
+        --threads 1 --json benchmarks/results/train_compile_cpu1.json  # eager vs torch.compile
 
 --distill compares, in one run and on the same recipe (EDSRmini x2 student, batch 16 of 32 px
 LR patches unless --batch/--patch say otherwise), a plain step, a distillation step whose
@@ -183,15 +185,19 @@ def bench_model(
     args: argparse.Namespace,
     batch: int,
     peak: float,
+    compiled: bool = False,
 ) -> dict:
-    """One model on the fixed recipe, with its arithmetic rate and share of `peak`."""
+    """One model on the fixed recipe, with its arithmetic rate and share of `peak`; `compiled`:
+    with `train.fast_path.compile=on` (the compilation falls in the untimed warm-up)."""
     extra = [
         f"model.name={name}",
         f"model.scale={args.scale}",
         f"data.train.patch_size={args.patch}",
+        *(["train.fast_path.compile=on"] if compiled else []),
     ]
+    t0 = time.perf_counter()
     row = bench_recipe(
-        name,
+        f"{name}_compiled" if compiled else name,
         images,
         out,
         args.iters,
@@ -213,6 +219,8 @@ def bench_model(
         gflop_per_s=gflops,
         peak_fraction=gflops / peak,
         load_1m_after=load_1m(),
+        compiled=compiled,
+        run_wall_s=time.perf_counter() - t0,
     )
     return row
 
@@ -230,7 +238,8 @@ def print_models(rows: list[dict], meta: dict) -> None:
         table.add_column(col, justify="left" if col == "model" else "right")
     for r in rows:
         table.add_row(
-            r["model"],
+            r["model"]
+            + (f" compiled ({r['step_ratio_to_eager']:.2f}x eager)" if r.get("compiled") else ""),
             f"{r['params']:,}",
             f"{r['macs_per_sample'] / 1e6:.1f}",
             f"{1000 * r['step_s']:.0f}",
@@ -272,6 +281,13 @@ def run_models(args: argparse.Namespace) -> None:
         for name in args.models_list or MODELS:
             rows.append(bench_model(name, images, Path(tmp) / "runs", args, batch, max(peaks)))
             print(json.dumps(rows[-1]), file=sys.stderr)
+            if args.compile:  # side by side with the eager row just measured
+                eager = rows[-1]
+                rows.append(
+                    bench_model(name, images, Path(tmp) / "runs", args, batch, max(peaks), True)
+                )
+                rows[-1]["step_ratio_to_eager"] = rows[-1]["step_s"] / eager["step_s"]
+                print(json.dumps(rows[-1]), file=sys.stderr)
     peaks.append(gemm_peak(threads))
     peak = max(peaks)
     for r in rows:  # against the better of the two peaks
@@ -485,6 +501,11 @@ def main() -> None:
         default=None,
         metavar="MODEL",
         help=f"efficiency of these models on a fixed small recipe (none given: {' '.join(MODELS)})",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="--models: each model also with train.fast_path.compile=on, side by side",
     )
     parser.add_argument("--scale", type=int, default=4, help="--models: scale (default 4)")
     parser.add_argument("--patch", type=int, default=32, help="--models: LR patch (default 32)")

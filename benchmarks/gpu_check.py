@@ -5,9 +5,10 @@ Parts (each a row group; a part that breaks gives FAILED rows with a one-line re
 - train-swinirmini, train-edsrmini: training throughput of `slimsr train`'s own step (the
   trainer, its data pipeline, loss and optimiser, through `bench_train.bench_recipe`) at x2,
   batch 16 of 64 px LR patches, bf16 autocast, once eager and once with the forward wrapped in
-  `torch.compile`. The trainer has no compile option, so the compiled run is a `Trainer`
-  subclass that compiles `self.forward` after building it; the loop, loss, backward and
-  optimiser step are the trainer's. it/s is the trainer's own (train.jsonl windows, the first
+  `torch.compile`: the recipe's `train.fast_path.compile=on` for the inductor backend (what
+  users run), else a `Trainer` subclass that compiles its step forward with the backend asked
+  for (the CPU test uses a cheap one); the loop, loss, backward and optimiser step are the
+  trainer's. it/s is the trainer's own (train.jsonl windows, the first
   window left out as warm-up); the first step's time, which holds the compilation, is reported
   on its own.
 - profile: `slimsr profile` on CUDA (CUDA-event timing, `torch.cuda.max_memory_allocated`) of
@@ -198,8 +199,8 @@ def run_cli(argv: list[str]) -> str:
 def timed_trainer(backend: str | None) -> tuple[Callable[[Any], Any], list[float]]:
     """A `run(config)` for `bench_recipe` and the list it fills with each step's seconds.
 
-    With `backend`, the trainer's forward (the model, before the loss) is `torch.compile`d after
-    the trainer builds it; everything else is the trainer's own step.
+    With `backend`, the trainer's step forward (the model, before the loss) is `torch.compile`d
+    with that backend after the trainer builds it; everything else is the trainer's own step.
     """
     import torch
 
@@ -211,7 +212,7 @@ def timed_trainer(backend: str | None) -> tuple[Callable[[Any], Any], list[float
         def _build(self, state: Any = None) -> None:
             super()._build(state)
             if backend is not None:
-                self.forward = torch.compile(self.forward, backend=backend)
+                self.step_forward = torch.compile(self.forward, backend=backend, dynamic=False)
 
         def train_step(self, lr_img: Any, hr_img: Any, teacher_img: Any = None) -> dict[str, Any]:
             t0 = time.perf_counter()
@@ -236,7 +237,10 @@ def part_train(model: str, s: Settings, emit: Callable[[dict], None]) -> None:
         images = Path(tmp) / "images"
         synthetic_images(images, 4 if s.quick else 24, max(2 * s.patch * scale, 64))
         for item, backend in zip(items, (None, s.compile_backend)):
-            run, steps = timed_trainer(backend)
+            # inductor: the trainer's own compile option; another backend: the subclass
+            by_recipe = backend == "inductor"
+            run, steps = timed_trainer(None if by_recipe else backend)
+            compile_opt = ["train.fast_path.compile=on"] if by_recipe else []
             tag = "compiled" if backend else "eager"
             try:
                 reset_cuda_peak(s.device)
@@ -255,6 +259,7 @@ def part_train(model: str, s: Settings, emit: Callable[[dict], None]) -> None:
                         f"data.train.patch_size={s.patch}",
                         "train.precision=bf16",
                         f"device={s.device}",
+                        *compile_opt,
                     ],
                     run=run,
                 )

@@ -242,3 +242,21 @@ def test_shipped_compress_recipes_validate(recipe: str) -> None:
     )
     assert cfg.name == recipe.removesuffix(".yaml")
     assert cfg.distill.train.iterations > 0
+
+
+def test_prune_images_cuts_stage_one_data_only(tmp_path: Path) -> None:
+    """The paper prunes on 100 images and distils on all: `prune.images` cuts stage 1's data
+    to the first N images (sources in order, names sorted) and leaves stage 3's alone."""
+    from slimsr.compress.config import load_compress_config
+    from slimsr.compress.prune import prune_train_config
+    from slimsr.data import training_store
+
+    cfg = load_compress_config(setup_recipe(tmp_path, prune={"images": 4}))
+    prune = prune_train_config(cfg)
+    assert prune.data.train.max_images == 4
+    assert cfg.data.train.max_images is None
+    source = prune.data.train.sources[0].hr
+    every = training_store([(source, None)], 2, 8)
+    first = training_store([(source, None)], 2, 8, max_images=4)
+    assert len(every) == 6 and len(first) == 4
+    assert first.pairs == every.pairs[:4]

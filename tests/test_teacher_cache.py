@@ -270,3 +270,33 @@ def test_torchrun_first_process_builds_and_two_processes_match_one(tmp_path: Pat
     b = final_state(tmp_path / "runs" / "ddp")
     for key in a["params"]:
         torch.testing.assert_close(b["params"][key], a["params"][key], rtol=0, atol=1e-6)
+
+
+def test_a_moved_teacher_or_initial_weights_resume_but_another_teacher_does_not(
+    tmp_path: Path,
+) -> None:
+    """A campaign restored on another machine finds its files at new paths: the same teacher
+    bytes (sha256 in train.jsonl) and any initial weights (the checkpoint replaces them) are
+    not changes; a different teacher is."""
+    from slimsr.train.checkpoint import ResumeError
+    from slimsr.train.resume import resume_changes, saved_config
+
+    teacher = _teacher(tmp_path)
+    init = tmp_path / "init.safetensors"
+    slimsr.save(slimsr.create_model("edsrmini", 2, num_feat=4, num_block=1), init)
+    recipe = tiny_recipe(tmp_path, "moved", train__iterations=2, data__val=None)
+    recipe["model"]["pretrained"] = str(init)
+    recipe["distill"] = {"teacher": str(teacher), "levels": 3}
+    run_dir = train(load_config(recipe)).run_dir
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    recipe["distill"]["teacher"] = str(teacher.rename(elsewhere / teacher.name))
+    recipe["model"]["pretrained"] = str(init.rename(elsewhere / init.name))
+    recipe["auto_resume"] = True
+    saved = saved_config(run_dir)
+    assert saved is not None
+    changes = resume_changes(saved, load_config(recipe), run_dir)
+    assert [c.split(":")[0] for c in changes] == ["auto_resume", "model.pretrained"]
+    recipe["distill"]["teacher"] = str(_teacher(tmp_path, seed=1))
+    with pytest.raises(ResumeError, match=r"distill\.teacher"):
+        resume_changes(saved, load_config(recipe), run_dir)

@@ -12,17 +12,21 @@ from pathlib import Path
 import pytest
 import torch
 
+from slimsr.errors import SlimsrError
 from slimsr.factory import create_model
 from slimsr.registry import get_model_info
 from slimsr.train import Trainer, load_config, resume_config, train
 from slimsr.train.checkpoint import latest_checkpoint
 from slimsr.train.fastpath import (
+    COMPILE_MIN_ITERATIONS,
     StepPlan,
     apply_plan,
     as_input,
+    default_compile,
     default_memory_format,
     optimizer_kwargs,
     resolve_plan,
+    step_forward,
 )
 from slimsr.train.trainer import LEGACY_PLAN
 from tests.train_utils import final_state, tiny_recipe
@@ -137,7 +141,12 @@ def test_plan_defaults_overrides_and_saved_choice() -> None:
     info = get_model_info("edsrmini")
     net = create_model("edsrmini", 2).net
     swin = create_model("swinirmini", 2).net
-    auto = {"memory_format": "auto", "attention": "auto", "optimizer_impl": "auto"}
+    auto = {
+        "memory_format": "auto",
+        "attention": "auto",
+        "optimizer_impl": "auto",
+        "compile": "auto",
+    }
     plan = resolve_plan(auto, info, net, CPU, own_step=False)
     assert plan == StepPlan(default_memory_format(info, CPU), None, "foreach")
     assert plan.memory_format == "channels_last"
@@ -171,6 +180,7 @@ def test_the_plan_is_logged_checkpointed_and_kept_on_resume(tmp_path: Path) -> N
         "memory_format": "channels_last",
         "attention": None,
         "optimizer_impl": "foreach",
+        "compile": False,
     }
     assert final_state(first.run_dir)["fast_path"] == start["fast_path"]
 
@@ -186,5 +196,76 @@ def test_the_plan_is_logged_checkpointed_and_kept_on_resume(tmp_path: Path) -> N
         "memory_format": "contiguous",
         "attention": None,
         "optimizer_impl": "for_loop",
+        "compile": False,
     }
     assert final_state(resumed.run_dir)["fast_path"]["memory_format"] == "contiguous"
+
+
+def needs_compiler() -> None:
+    import shutil
+
+    if not (shutil.which("g++") or shutil.which("c++")):
+        pytest.skip("torch.compile's CPU backend needs a C++ compiler, and none is installed")
+
+
+def test_compiled_step_forward_equals_eager() -> None:
+    needs_compiler()
+    torch.manual_seed(0)
+    net = create_model("edsrmini", 2, num_feat=8, num_block=2).net.train()
+    eager = copy.deepcopy(net)
+    plan = StepPlan("channels_last", None, "foreach", compile=True)
+    apply_plan(net, plan)
+    apply_plan(eager, plan)
+    compiled = step_forward(net, plan)
+    assert compiled is not net and step_forward(eager, StepPlan("contiguous", None, None)) is eager
+    x = as_input(torch.rand(2, 3, 16, 16), plan)
+    y0, g0 = forward_and_grads(eager, x)
+    y1, g1 = forward_and_grads(compiled, x)  # type: ignore[arg-type]
+    assert relative_error(y1, y0) < 1e-5
+    g1 = {k.removeprefix("_orig_mod."): g for k, g in g1.items()}  # the wrapper's prefix
+    assert set(g1) == set(g0)  # the compiled form trains the same parameters
+    worst = gradient_error(g1, g0)
+    assert worst < 1e-5, worst
+    # it shares the network's parameters: a checkpoint of the network is a checkpoint of it
+    assert all(a is b for a, b in zip(compiled.parameters(), net.parameters()))  # type: ignore[union-attr]
+
+
+def test_compile_choice_and_its_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    info = get_model_info("edsrmini")
+    net = create_model("edsrmini", 2).net
+    auto = {
+        "memory_format": "auto",
+        "attention": "auto",
+        "optimizer_impl": "auto",
+        "compile": "auto",
+    }
+    assert resolve_plan(auto, info, net, CPU, own_step=False).compile is False
+    saved = StepPlan("contiguous", None, "foreach", compile=True).as_dict()
+    assert resolve_plan(auto, info, net, CPU, False, saved=saved).compile is True
+    assert resolve_plan(auto, info, net, CPU, False, saved=LEGACY_PLAN).compile is False
+    needs_compiler()
+    # "auto" compiles the models measured faster compiled, on CPU, in long runs only
+    long = COMPILE_MIN_ITERATIONS
+    for name, expected in [("bsrn_s", True), ("edsrmini", True), ("e_rfdn", False)]:
+        m = get_model_info(name)
+        assert default_compile(m, CPU, long) is expected, name
+        assert default_compile(m, CPU, long - 1) is False
+        assert default_compile(m, torch.device("cuda"), long) is False
+    assert resolve_plan(auto, info, net, CPU, False, iterations=long).compile is True
+    off = {**auto, "compile": False}
+    assert resolve_plan(off, info, net, CPU, False, iterations=long).compile is False
+    monkeypatch.setenv("CXX", "no-such-compiler-here")
+    assert default_compile(info, CPU, long) is False
+    with pytest.raises(SlimsrError, match="C\\+\\+ compiler"):
+        resolve_plan({**auto, "compile": True}, info, net, CPU, False)
+    monkeypatch.delenv("CXX")
+    recipe = tiny_recipe(tmp_path, "compiled", train__iterations=2)
+    # YAML's on/off are booleans, so `--set train.fast_path.compile=on` reads as asked
+    assert load_config(recipe, ["train.fast_path.compile=off"]).train.fast_path.compile is False
+    config = load_config(recipe, ["train.fast_path.compile=on"])
+    assert config.train.fast_path.compile is True
+    result = train(config)
+    assert result.iteration == 2 and not result.interrupted
+    start = json.loads((result.run_dir / "train.jsonl").read_text().splitlines()[0])
+    assert start["fast_path"]["compile"] is True
+    assert final_state(result.run_dir)["fast_path"]["compile"] is True

@@ -96,6 +96,11 @@ class PruneStageConfig(Section):
     iterations: PositiveInt | None = Field(
         None, description="Pruning iterations (required unless density is given)."
     )
+    images: PositiveInt | None = Field(
+        None,
+        description="Prune on the first N training images only (the paper prunes on 100 DIV2K "
+        "images and distils on all); default: all of data.train.",
+    )
     lr: PositiveFloat = Field(5e-3, description="OBProx-SG step size (the authors': 5e-3).")
     lambda_l1: NonNegativeFloat = Field(1e-4, description="lambda of eq. 1 (the paper: 1e-4).")
     prox_steps: NonNegativeInt | None = Field(

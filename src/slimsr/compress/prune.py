@@ -126,7 +126,7 @@ def prune_train_config(cfg: CompressConfig, *, check_paths: bool = True) -> Trai
             "pretrained": str(m.pretrained),
             "param_key": m.param_key,
         },
-        "data": cfg.data.model_dump(mode="json"),
+        "data": _prune_data(cfg),
         "train": {
             "iterations": p.iterations,
             "lr": p.lr,
@@ -148,6 +148,14 @@ def prune_train_config(cfg: CompressConfig, *, check_paths: bool = True) -> Trai
         return load_config(recipe, check_paths=check_paths)
     except ConfigError as exc:
         raise ConfigError(f"prune stage: {exc}") from None
+
+
+def _prune_data(cfg: CompressConfig) -> dict[str, Any]:
+    """The data section of stage 1: the recipe's, cut to `prune.images` when given."""
+    data = cfg.data.model_dump(mode="json")
+    if cfg.prune.images is not None:
+        data["train"]["max_images"] = cfg.prune.images
+    return data
 
 
 def _density_logger(log: Log) -> Callback:

@@ -80,11 +80,14 @@ def training_store(
     lr_mode: LRMode = "float",
     cache: bool = True,
     small_images: Literal["skip", "error"] = "skip",
+    max_images: int | None = None,
 ) -> PairStore:
-    """All training pairs of all folders (in the given order, files sorted by name)."""
+    """All training pairs of all folders (in the given order, files sorted by name), or the
+    first `max_images` of them."""
     pairs: list[ImagePair] = []
     for hr_dir, lr_dir in sources:
         pairs += find_pairs(hr_dir, lr_dir, scale)
+    pairs = pairs[:max_images]
     return PairStore(
         pairs, scale, lr_mode, cache=cache, min_lr_size=patch_size, small_images=small_images
     )

@@ -151,6 +151,11 @@ class TrainDataConfig(Section):
     small_images: Literal["skip", "error"] = Field(
         "skip", description="What to do with an image smaller than one patch."
     )
+    max_images: PositiveInt | None = Field(
+        None,
+        description="Train on the first N images only (the sources in order, each sorted by "
+        "name), e.g. the 100 images the compression paper prunes on; default: all.",
+    )
 
 
 class ValDataConfig(Section):
@@ -327,6 +332,11 @@ class FastPathConfig(Section):
     )
     optimizer_impl: Literal["auto", "foreach", "for_loop", "fused"] = Field(
         "auto", description="torch optimiser implementation (ignored by OBProx-SG)."
+    )
+    compile: Literal["auto"] | bool = Field(
+        "auto",
+        description="torch.compile the training forward: true/false (YAML's on/off too); "
+        "auto: off (it measured slower on CPU).",
     )
 
 

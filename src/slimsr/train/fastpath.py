@@ -19,16 +19,30 @@ if these defaults change in a later version).
   step, 1 thread), so math is the default; sdpa is there for GPUs and larger heads.
 - Optimiser: `foreach` (one kernel per step over all parameters instead of a Python loop
   over them) for Adam-family optimisers; OBProx-SG has its own loop.
+- Compile: `torch.compile` (inductor) of the training forward, with fixed shapes; validation
+  and the teacher stay eager, so their other image sizes never recompile it. Measured on the
+  training step (`benchmarks/bench_train.py --models ... --compile`, 1 thread, compiled /
+  eager, two runs): bsrn_s 0.87 / 0.90, edsrmini 0.93 / 0.98, abpn 0.94 / 0.94 (faster:
+  inductor fuses the element-wise work around the convolutions); fmen_s_train 0.97 (one run,
+  within the spread: left eager), bsrn 1.07, e_rfdn 1.19 and swinirmini 1.95 (slower:
+  docs/training.md says why). Compiling costs 5-50 s at the first step, so "auto" compiles only the faster models,
+  on CPU, when a C++ compiler is there, and only in runs of at least
+  `COMPILE_MIN_ITERATIONS` (where it costs under 1% of the run); never for QAT (its observers
+  switch mid-run). GPUs: not measured yet (`benchmarks/gpu_check.sh`), so off unless asked.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from slimsr.errors import SlimsrError
 from slimsr.registry import ModelInfo
 
 MemoryFormat = Literal["contiguous", "channels_last"]
@@ -37,6 +51,13 @@ OptimizerImpl = Literal["foreach", "for_loop", "fused"]
 
 TRAIN_CHANNELS_LAST_FAMILIES: frozenset[str] = frozenset({"edsr", "fmen", "rfdn", "abpn"})
 """Families whose training step measured faster in NHWC at every model tried (module doc)."""
+
+TRAIN_COMPILE_MODELS: frozenset[str] = frozenset({"bsrn_s", "edsrmini", "abpn"})
+"""Models whose training step measured faster under `torch.compile` on CPU (module doc)."""
+
+COMPILE_MIN_ITERATIONS = 20_000
+"""Shortest run "auto" compiles: the first step's compilation (up to ~50 s) is then under 1% of
+the run at these models' step times, and tests and short runs start at once."""
 
 TRAIN_CONTIGUOUS_MODELS: frozenset[str] = frozenset({"fmen_train"})
 """Exceptions in those families: FMEN's full-size train-time form measured 1.03x (idle) to 1.31x
@@ -52,6 +73,8 @@ class StepPlan:
     """None where the network has no attention to choose for."""
     optimizer_impl: OptimizerImpl | None
     """None for optimisers with their own step (OBProx-SG)."""
+    compile: bool = False
+    """True: the training forward runs through `torch.compile` (see `step_forward`)."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,6 +95,22 @@ def default_memory_format(info: ModelInfo, device: torch.device) -> MemoryFormat
     return "channels_last" if fast else "contiguous"
 
 
+def cpp_compiler() -> str | None:
+    """The C++ compiler inductor would use on CPU ($CXX, else g++), or None."""
+    return shutil.which(os.environ.get("CXX", "g++"))
+
+
+def default_compile(info: ModelInfo, device: torch.device, iterations: int) -> bool:
+    """Compile on "auto": a model measured faster compiled, on CPU with a compiler, in a run
+    long enough to repay the compilation (module doc)."""
+    return (
+        device.type == "cpu"
+        and info.name in TRAIN_COMPILE_MODELS
+        and iterations >= COMPILE_MIN_ITERATIONS
+        and cpp_compiler() is not None
+    )
+
+
 def has_window_attention(net: nn.Module) -> bool:
     return callable(getattr(net, "set_attention", None))
 
@@ -83,9 +122,11 @@ def resolve_plan(
     device: torch.device,
     own_step: bool,
     saved: dict[str, Any] | None = None,
+    iterations: int = 0,
 ) -> StepPlan:
     """`requested` ("auto" or a value per field) -> a plan; `saved` (a resumed run's plan)
-    wins over "auto", so a resumed run keeps the choice it started with."""
+    wins over "auto", so a resumed run keeps the choice it started with. `iterations`: the
+    run's length, for the compile choice (0: never compile on "auto")."""
     saved = saved or {}
 
     def pick(field: str, default: Any) -> Any:
@@ -96,10 +137,18 @@ def resolve_plan(
 
     attention = pick("attention", "math") if has_window_attention(net) else None
     impl = None if own_step else pick("optimizer_impl", "foreach")
+    compiled = bool(pick("compile", default_compile(info, device, iterations)))
+    if compiled and device.type == "cpu" and cpp_compiler() is None:
+        raise SlimsrError(
+            "train.fast_path.compile needs a C++ compiler on CPU (torch.compile's inductor "
+            "backend builds C++ kernels) and none was found (g++, or $CXX); install one or "
+            "set train.fast_path.compile: false"
+        )
     return StepPlan(
         memory_format=pick("memory_format", default_memory_format(info, device)),
         attention=attention,
         optimizer_impl=impl,
+        compile=compiled,
     )
 
 
@@ -108,6 +157,15 @@ def apply_plan(net: nn.Module, plan: StepPlan) -> None:
     net.to(memory_format=plan.torch_memory_format)
     if plan.attention is not None:
         net.set_attention(plan.attention)  # type: ignore[operator]
+
+
+def step_forward(forward: nn.Module, plan: StepPlan) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The callable a training step runs the network with: `forward` itself, or its compiled
+    form (static shapes: a training run's patches never change size, and a dynamic graph
+    measured slower). The compiled form shares `forward`'s parameters and state dict."""
+    if not plan.compile:
+        return forward
+    return torch.compile(forward, dynamic=False)
 
 
 def optimizer_kwargs(plan: StepPlan) -> dict[str, bool]:

@@ -9,11 +9,13 @@ and only what keeps the schedule (`RESUMABLE_CHANGES`) may differ.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from slimsr.errors import SlimsrError
+from slimsr.fileio import file_sha256
 from slimsr.train.checkpoint import ResumeError, list_checkpoints
 from slimsr.train.config import CosineSchedule, TrainConfig
 from slimsr.train.recipe import config_changes, load_config, read_recipe
@@ -28,6 +30,11 @@ RESUMABLE_CHANGES = (
     "distill.cache_dir",
     "data.val.",
     "logging.",
+    # the initial weights: a resumed run takes its weights from the checkpoint, so where the
+    # file it started from lives now (a campaign restored on another machine) changes nothing
+    "model.pretrained",
+    "model.pretrained_strict",
+    "model.param_key",
 )
 
 LOCATION_KEYS = ("output_dir", "name")
@@ -72,6 +79,7 @@ def resume_changes(saved: TrainConfig, config: TrainConfig, run_dir: Path) -> li
     """`key: old -> new` for each change a resume would make; `ResumeError` for a change that
     would not continue the same run (one line naming the keys)."""
     changed = [c for c in config_changes(saved, config) if c[0] not in LOCATION_KEYS]
+    changed = [c for c in changed if not _same_teacher_moved(c, run_dir)]
     keys = [key for key, _, _ in changed]
     bad = [k for k in keys if not _resumable(k)]
     if bad:
@@ -88,6 +96,21 @@ def resume_changes(saved: TrainConfig, config: TrainConfig, run_dir: Path) -> li
             "periods or milestones"
         )
     return [f"{key}: {_show(old)} -> {_show(new)}" for key, old, new in changed]
+
+
+def _same_teacher_moved(change: tuple[str, Any, Any], run_dir: Path) -> bool:
+    """A teacher file at a new path with the bytes the run recorded (train.jsonl's start
+    event holds its sha256) is the same teacher, moved: not a change."""
+    key, _, new = change
+    if key != "distill.teacher" or new is None or not Path(new).is_file():
+        return False
+    log = Path(run_dir) / "train.jsonl"
+    if not log.is_file():
+        return False
+    with log.open() as f:
+        start = json.loads(f.readline() or "{}")
+    recorded = (start.get("teacher") or {}).get("sha256")
+    return recorded is not None and recorded == file_sha256(Path(new))
 
 
 def _show(value: Any) -> str:

@@ -18,7 +18,6 @@ the weights of N straight iterations, bit for bit.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 import signal
@@ -39,7 +38,7 @@ from slimsr.checkpoints import load_matching
 from slimsr.data import IterationSampler, PatchDataset, training_store, validation_images
 from slimsr.errors import SlimsrError
 from slimsr.factory import create_model, load
-from slimsr.fileio import atomic_write_text
+from slimsr.fileio import atomic_write_text, file_sha256
 from slimsr.model import SRModel
 from slimsr.quant.qat import QATNet, calibrate, prepare_qat, qat_net
 from slimsr.tiling import upscale_tiled
@@ -56,7 +55,14 @@ from slimsr.train.checkpoint import (
 from slimsr.train.config import ConfigError, TrainConfig
 from slimsr.train.ema import EMA
 from slimsr.train.export import export_model
-from slimsr.train.fastpath import StepPlan, apply_plan, as_input, optimizer_kwargs, resolve_plan
+from slimsr.train.fastpath import (
+    StepPlan,
+    apply_plan,
+    as_input,
+    optimizer_kwargs,
+    resolve_plan,
+    step_forward,
+)
 from slimsr.train.losses import DistillationLoss, WeightedLoss
 from slimsr.train.memory import (
     PREFETCH_FACTOR,
@@ -129,15 +135,6 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _file_sha256(path: Path) -> str:
-    """Identifies a teacher file, so a resumed distillation can tell it was not swapped."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _ignore_signals(_: int) -> None:
     """DataLoader workers leave Ctrl-C / SIGTERM to the main process, which saves and stops."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -149,6 +146,7 @@ LEGACY_PLAN: dict[str, Any] = {
     "memory_format": "contiguous",
     "attention": "math",
     "optimizer_impl": "for_loop",
+    "compile": False,
 }
 """How runs checkpointed before `fast_path` existed computed (torch's CPU default loop)."""
 
@@ -212,6 +210,7 @@ class Trainer:
             lr_mode=dcfg.lr_mode,
             cache=dcfg.cache,
             small_images=dcfg.small_images,
+            max_images=dcfg.max_images,
         )
         self.val_images: list = []
         self.val_source = ""
@@ -257,6 +256,7 @@ class Trainer:
 
             ids = [dist.device.index] if dist.device.type == "cuda" else None
             self.forward = DistributedDataParallel(self.model, device_ids=ids)
+        self.step_forward = step_forward(self.forward, self.plan)
 
     def _resolve_plan(self, saved: dict[str, Any] | None) -> StepPlan:
         o = self.config.train
@@ -267,6 +267,8 @@ class Trainer:
             self.dist.device,
             has_own_step(o.optimizer),
             saved,
+            # QAT's observers switch off mid-run: "auto" never compiles it
+            iterations=0 if self.qat_freeze is not None else o.iterations,
         )
 
     def _set_plan(self, plan: StepPlan) -> None:
@@ -296,7 +298,7 @@ class Trainer:
         self.teacher_precision = self._teacher_precision()
         self.teacher_record = {
             "path": str(d.teacher),
-            "sha256": _file_sha256(d.teacher),
+            "sha256": file_sha256(d.teacher),
             "model": teacher.name,
             "params": teacher.num_parameters(),
         }
@@ -500,7 +502,7 @@ class Trainer:
         with torch.autocast(
             device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
         ):
-            sr = self.forward(lr_img)
+            sr = self.step_forward(lr_img)
         loss, terms = self.loss_fn(sr, hr_img)
         if self.config.distill is not None:
             loss, terms = self._add_distillation(lr_img, sr, loss, terms, teacher_img)

@@ -1,0 +1,182 @@
+"""Carry a long training run (a campaign) across sessions and machines, through git.
+
+A campaign is one `slimsr train` or `slimsr compress` run trained in legs: a leg runs in the
+background until the session ends; the next session, maybe on a fresh machine, continues it
+exactly. What must survive is small: the run's recipe, its log and its newest training state.
+This script copies those between the run folder (`runs/<name>/`, not committed) and
+`campaign/<name>/` (committed):
+
+    python scripts/campaign.py save runs/campaign_edsrmini_x2      # end of a session; then commit
+    python scripts/campaign.py restore campaign/campaign_edsrmini_x2  # fresh machine -> runs/...
+    python scripts/campaign.py status runs/campaign_edsrmini_x2    # where the run stands
+
+`save` keeps, for the run and for each training stage of a compression run (`prune/`,
+`distill/`): the recipe as the run resolved it (`config.yaml`, `compress.yaml`), the stage
+artefacts (`density.json`, `compact.json`, `student.safetensors`), the whole `train.jsonl`,
+the newest checkpoint (the complete training state: weights, EMA, optimiser, schedule, data
+stream position, random generators), and the best validated snapshot (`weights/best.*`). It
+leaves out what is rebuilt on demand (the teacher cache, tensorboard files, older checkpoints)
+and writes `PROGRESS.md`, the run's curve in a table. Every file is written atomically.
+`restore` copies it back (refusing to overwrite a run folder that already has a newer
+checkpoint), after which the leg's own command continues the run: `slimsr compress RECIPE`
+again, or `slimsr train --resume RUN_DIR` (with the thread count the run started with, for a
+bit-exact continuation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from slimsr.fileio import atomic_path, atomic_write_text
+from slimsr.train.checkpoint import latest_checkpoint, list_checkpoints
+
+RUN_FILES = (
+    "config.yaml",
+    "compress.yaml",
+    "density.json",
+    "compact.json",
+    "student.safetensors",
+    "student.json",
+    "report.json",
+)
+STAGES = ("prune", "distill")
+
+
+def training_folders(run: Path) -> list[Path]:
+    """The folders that hold a `train.jsonl`: the run itself, or its compression stages."""
+    folders = [run] if (run / "train.jsonl").exists() else []
+    return folders + [run / s for s in STAGES if (run / s / "train.jsonl").exists()]
+
+
+def copy_file(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+
+
+def events(folder: Path) -> list[dict[str, Any]]:
+    lines = (folder / "train.jsonl").read_text().splitlines()
+    return [json.loads(x) for x in lines if x.strip()]
+
+
+def summary(folder: Path) -> dict[str, Any]:
+    """Iteration, validation curve, speed and wall time of one training folder."""
+    log = events(folder)
+    vals = [e for e in log if e["event"] == "val" and e.get("model") != "bicubic"]
+    trains = [e for e in log if e["event"] == "train"]
+    starts = [e for e in log if e["event"] in ("start", "resume")]
+    total = next((e.get("iterations") for e in reversed(starts) if e.get("iterations")), None)
+    newest = latest_checkpoint(folder / "checkpoints")
+    saved_at = list_checkpoints(folder / "checkpoints")[-1][0] if newest else 0
+    return {
+        "stage": folder.name,
+        "iteration": max([e.get("iter", 0) for e in log] + [0]),
+        "checkpoint_iteration": saved_at,
+        "iterations": total,
+        "legs": len(starts),
+        "it_per_s_mean": (sum(e["it_per_s"] for e in trains) / len(trains)) if trains else None,
+        "val": [(e["iter"], e["psnr"], e["ssim"]) for e in vals],
+        "best": max(vals, key=lambda e: e["psnr"]) if vals else None,
+    }
+
+
+def progress_markdown(run: Path, parts: list[dict[str, Any]]) -> str:
+    lines = [f"# Progress of `{run.name}`", ""]
+    lines += [
+        "Written by `python scripts/campaign.py save`; the numbers come from train.jsonl.",
+        "",
+    ]
+    for p in parts:
+        of = f" of {p['iterations']:,}" if p["iterations"] else ""
+        speed = (
+            f"{p['it_per_s_mean']:.2f} it/s on average" if p["it_per_s_mean"] else "no speed yet"
+        )
+        lines += [
+            f"## {p['stage']}",
+            "",
+            f"- iteration {p['iteration']:,}{of} (newest checkpoint: {p['checkpoint_iteration']:,}),"
+            f" {p['legs']} leg(s), {speed}",
+        ]
+        if p["best"]:
+            b = p["best"]
+            lines.append(
+                f"- best validation: {b['psnr']:.4f} dB / {b['ssim']:.4f} at {b['iter']:,}"
+            )
+        if p["val"]:
+            lines += ["", "| iteration | PSNR (dB) | SSIM |", "|---|---|---|"]
+            lines += [f"| {i:,} | {psnr:.4f} | {ssim:.4f} |" for i, psnr, ssim in p["val"]]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def save(run: Path, dest: Path) -> None:
+    folders = training_folders(run)
+    if not folders and not any((run / f).exists() for f in RUN_FILES):
+        sys.exit(f"error: {run} is not a slimsr run folder (no train.jsonl, no recipe)")
+    for name in RUN_FILES:
+        if (run / name).exists():
+            copy_file(run / name, dest / name)
+    for folder in folders:
+        rel = folder.relative_to(run)
+        for name in (*RUN_FILES, "train.jsonl"):
+            if (folder / name).exists():
+                copy_file(folder / name, dest / rel / name)
+        newest = latest_checkpoint(folder / "checkpoints")
+        old = dest / rel / "checkpoints"
+        if newest is not None:
+            copy_file(newest, old / newest.name)
+            for stale in old.glob("iter_*.pt"):  # one state per stage is all a resume needs
+                if stale.name != newest.name:
+                    stale.unlink()
+        for best in sorted((folder / "weights").glob("best.*")):
+            copy_file(best, dest / rel / "weights" / best.name)
+    parts = [summary(f) for f in folders]
+    atomic_write_text(dest / "PROGRESS.md", progress_markdown(run, parts))
+    for p in parts:
+        print(
+            f"{p['stage']}: iteration {p['iteration']:,}, checkpoint {p['checkpoint_iteration']:,}"
+        )
+    print(f"saved {run} -> {dest} (commit it)")
+
+
+def restore(src: Path, run: Path) -> None:
+    if not src.is_dir():
+        sys.exit(f"error: {src} is not a saved campaign folder")
+    for folder in [src, *(src / s for s in STAGES)]:
+        saved = latest_checkpoint(folder / "checkpoints")
+        here = latest_checkpoint(run / folder.relative_to(src) / "checkpoints")
+        if saved is not None and here is not None and here.name > saved.name:
+            sys.exit(f"error: {here} is newer than the saved {saved.name}; nothing restored")
+    for path in sorted(src.rglob("*")):
+        if path.is_file() and path.name != "PROGRESS.md":
+            copy_file(path, run / path.relative_to(src))
+    print(f"restored {src} -> {run}; run the leg's command again to continue")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_save = sub.add_parser("save", help="run folder -> campaign/<name>/")
+    p_save.add_argument("run", type=Path)
+    p_save.add_argument("--to", type=Path, default=None, help="default: campaign/<run name>")
+    p_restore = sub.add_parser("restore", help="campaign/<name>/ -> runs/<name>/")
+    p_restore.add_argument("saved", type=Path)
+    p_restore.add_argument("--to", type=Path, default=None, help="default: runs/<name>")
+    p_status = sub.add_parser("status", help="print a run's progress")
+    p_status.add_argument("run", type=Path)
+    args = parser.parse_args()
+    if args.command == "save":
+        save(args.run, args.to or Path("campaign") / args.run.name)
+    elif args.command == "restore":
+        restore(args.saved, args.to or Path("runs") / args.saved.name)
+    else:
+        print(progress_markdown(args.run, [summary(f) for f in training_folders(args.run)]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""scripts/campaign.py: a run saved at a session's end and restored elsewhere continues exactly."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+
+from slimsr.train import Trainer, load_config, train
+from tests.train_utils import assert_same_optimizer, assert_same_tensors, final_state, tiny_recipe
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_campaign():
+    spec = importlib.util.spec_from_file_location("campaign", REPO_ROOT / "scripts" / "campaign.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_saved_run_restored_in_a_new_place_continues_bit_exactly(tmp_path: Path) -> None:
+    campaign = load_campaign()
+    over = {"train__iterations": 8, "logging__checkpoint_every": 2, "logging__keep_checkpoints": 3}
+    straight = train(load_config(tiny_recipe(tmp_path, "straight", **over)))
+
+    def stop(event: str, trainer: Trainer) -> None:
+        if event == "step" and trainer.iteration == 6:
+            os.kill(os.getpid(), signal.SIGTERM)  # the session ends: the trainer saves and stops
+
+    recipe = tiny_recipe(tmp_path, "leg", **over)
+    first = Trainer(load_config(recipe), callbacks=[stop]).run()
+    assert first.interrupted and first.iteration == 6
+    saved = tmp_path / "repo" / "campaign" / "leg"
+    campaign.save(first.run_dir, saved)
+    # one training state (the newest), the log, the recipe, the best snapshot, the progress
+    assert [p.name for p in (saved / "checkpoints").iterdir()] == ["iter_00000006.pt"]
+    assert {"config.yaml", "train.jsonl", "PROGRESS.md"} <= {p.name for p in saved.iterdir()}
+    assert (saved / "weights" / "best.safetensors").is_file()
+    progress = (saved / "PROGRESS.md").read_text()
+    assert "iteration 6 of 8" in progress and "| 4 |" in progress  # the validation at 4
+    shutil.rmtree(first.run_dir)  # a fresh machine: no run folder
+
+    # restored into another folder, the leg's own command continues it
+    campaign.restore(saved, first.run_dir)
+    recipe["auto_resume"] = True
+    resumed = train(load_config(recipe))
+    assert resumed.iteration == 8 and not resumed.interrupted
+    a, b = final_state(straight.run_dir), final_state(resumed.run_dir)
+    assert_same_tensors(a["params"], b["params"])
+    assert_same_optimizer(a["optimizer"], b["optimizer"])
+
+    # a restore never replaces a newer state with an older one
+    with pytest.raises(SystemExit, match="newer"):
+        campaign.restore(saved, resumed.run_dir)
