@@ -230,17 +230,26 @@ def test_distillation_and_obproxsg_resume_bit_exactly(tmp_path: Path) -> None:
     assert any(int((p == 0).sum()) for p in a["params"].values())  # OBProx-SG zeros
 
 
-@pytest.mark.parametrize(
-    "recipe", sorted(p.name for p in (REPO_ROOT / "configs").glob("compress_*.yaml"))
+COMPRESS_RECIPES = sorted(
+    str(p.relative_to(REPO_ROOT / "configs"))
+    for p in [
+        *(REPO_ROOT / "configs").glob("compress_*.yaml"),
+        *(REPO_ROOT / "configs" / "campaign").glob("*.yaml"),
+    ]
 )
+
+
+@pytest.mark.parametrize("recipe", COMPRESS_RECIPES)
 def test_shipped_compress_recipes_validate(recipe: str) -> None:
-    """Every shipped recipe parses strictly (unknown keys are errors) and sizes to its model."""
+    """Every shipped recipe parses strictly (unknown keys are errors) and sizes to its model;
+    a campaign's run is named campaign_<recipe> (its saved progress: campaign/<run name>/)."""
     from slimsr.compress import load_compress_config
 
     cfg = load_compress_config(
         REPO_ROOT / "configs" / recipe, check_paths=False, base_dir=REPO_ROOT
     )
-    assert cfg.name == recipe.removesuffix(".yaml")
+    stem = Path(recipe).stem
+    assert cfg.name == (f"campaign_{stem}" if recipe.startswith("campaign/") else stem)
     assert cfg.distill.train.iterations > 0
 
 
