@@ -234,7 +234,12 @@ COMPRESS_RECIPES = sorted(
     str(p.relative_to(REPO_ROOT / "configs"))
     for p in [
         *(REPO_ROOT / "configs").glob("compress_*.yaml"),
-        *(REPO_ROOT / "configs" / "campaign").glob("*.yaml"),
+        # campaigns of the compression workflow (the others are training recipes)
+        *(
+            p
+            for p in (REPO_ROOT / "configs" / "campaign").glob("*.yaml")
+            if "prune" in yaml.safe_load(p.read_text())
+        ),
     ]
 )
 

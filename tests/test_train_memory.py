@@ -4,6 +4,7 @@ clamped to the CPUs, and a refusal writes nothing."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,23 @@ from tests.test_train_cli import assert_one_line_error, slimsr_here, write_cfg
 from tests.train_utils import tiny_recipe
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPES = sorted(p.name for p in (REPO / "configs").glob("*.yaml"))
+RECIPES = sorted(
+    str(p.relative_to(REPO / "configs"))
+    for p in [*(REPO / "configs").glob("*.yaml"), *(REPO / "configs" / "campaign").glob("*.yaml")]
+)
+
+
+def is_compression(recipe: str) -> bool:
+    """A `slimsr compress` recipe (a prune section), else a `slimsr train` one."""
+    return "prune" in yaml.safe_load((REPO / "configs" / recipe).read_text())
+
+
+def run_name(recipe: str) -> str:
+    """What the recipe names its run: the file stem, campaign_<stem> for a campaign."""
+    stem = Path(recipe).stem
+    return f"campaign_{stem}" if recipe.startswith("campaign/") else stem
+
+
 TWO_CORE_RAM = 24 * GB
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -44,7 +61,7 @@ def _earlier_outputs(recipe: Path, tmp: Path) -> list[str]:
     sets = []
     model = data["model"]
     if str(model.get("pretrained", "")).startswith("runs/"):
-        if recipe.name.startswith("compress_"):  # the original to prune: any weights will do
+        if "prune" in data:  # the original to prune: any weights will do
             stand_in = tmp / "original.safetensors"
             net = slimsr.create_model(model["name"], model["scale"], **model.get("kwargs", {}))
             slimsr.save(net, stand_in)
@@ -63,21 +80,23 @@ def test_shipped_recipe_passes_check_or_refuses_with_the_override(
     shared_file("datasets", "T91", "HR")
     shared_file("datasets", "BSD200", "HR")
     shared_file("datasets", "Set5")
-    if "bsrn_x2.pth" in (REPO / "configs" / recipe).read_text():
-        shared_file("weights", "official", "bsrn_x2.pth")
+    for weights in re.findall(
+        r"shared/weights/official/([\w.]+)", (REPO / "configs" / recipe).read_text()
+    ):
+        shared_file("weights", "official", weights)
     monkeypatch.chdir(REPO)  # recipes name ../shared relative to the repository root
-    command = "compress" if recipe.startswith("compress_") else "train"
+    command = "compress" if is_compression(recipe) else "train"
     path = REPO / "configs" / recipe
     out = slimsr_here(command, str(path), "--check", *_earlier_outputs(path, tmp_path))
     if out.returncode == 0:
-        assert yaml.safe_load(out.stdout)["name"] == recipe.removesuffix(".yaml")
+        assert yaml.safe_load(out.stdout)["name"] == run_name(recipe)
         assert "memory" in out.stderr and "GB of RAM" in out.stderr, out.stderr
     else:  # too big for this machine: one line with the estimate and what fits
         assert_one_line_error(out, "needs about", "GB", "--set data.train.batch_size=")
-    assert not (REPO / "runs" / recipe.removesuffix(".yaml")).exists() or command == "train"
+    assert not (REPO / "runs" / run_name(recipe)).exists() or command == "train"
 
 
-@pytest.mark.parametrize("recipe", [r for r in RECIPES if not r.startswith("compress_")])
+@pytest.mark.parametrize("recipe", [r for r in RECIPES if not is_compression(r)])
 def test_shipped_training_recipe_fits_24_gb_or_names_a_batch_that_does(recipe: str) -> None:
     """The 24 GB / 2-core machine of the issue, whatever machine runs the test."""
     shared_file("datasets", "T91", "HR")
