@@ -93,8 +93,9 @@ def verify_onnx(
 ) -> tuple[list[VerifyResult], str]:
     """Run the serialised graph with onnxruntime at `shapes` and compare with `reference`.
 
-    `name` is the exported architecture (the deploy form for re-parameterised models). Returns the checks and the criterion in words; raises `OnnxVerifyError` (so nothing is
-    written) when a check fails.
+    `name` is the exported architecture (the deploy form for re-parameterised models). Returns
+    the checks and the criterion in words; raises `OnnxVerifyError` (so nothing is written)
+    when a check fails.
     """
     session = onnx_session(data, "the exported graph")
     gen = torch.Generator().manual_seed(0)
