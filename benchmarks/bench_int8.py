@@ -32,9 +32,12 @@ from rich.console import Console
 from rich.table import Table
 
 import slimsr
+from slimsr.export.calibration import calibration_crops
+from slimsr.export.onnx import INPUT_NAME, export_onnx
+from slimsr.export.runners import onnx_session, tflite_interpreter
+from slimsr.export.tflite import export_tflite
+from slimsr.export.verify import smooth_test_images
 from slimsr.fileio import atomic_write_text
-from slimsr.quant import onnx as qonnx
-from slimsr.quant import tflite as qtflite
 
 OFFICIAL = Path(__file__).resolve().parents[2] / "shared" / "weights" / "official"
 
@@ -59,10 +62,10 @@ def engines(
         "tflite_fp32": tmp / "f.tflite",
         "tflite_int8": tmp / "q.tflite",
     }
-    qonnx.export_onnx(model, paths["onnx_fp32"], verify=False)
-    qonnx.export_onnx(model, paths["onnx_int8"], dtype="int8", calibration=crops, verify=False)
-    qtflite.export_tflite(model, paths["tflite_fp32"], verify=False)
-    qtflite.export_tflite(model, paths["tflite_int8"], int8=True, calibration=crops, verify=False)
+    export_onnx(model, paths["onnx_fp32"], verify=False)
+    export_onnx(model, paths["onnx_int8"], dtype="int8", calibration=crops, verify=False)
+    export_tflite(model, paths["tflite_fp32"], verify=False)
+    export_tflite(model, paths["tflite_int8"], int8=True, calibration=crops, verify=False)
 
     x255 = x01 * model.info.input_range
     net = model.net.eval()
@@ -74,11 +77,11 @@ def engines(
     calls: dict[str, Callable[[], Any]] = {"pytorch_fp32": pytorch}
     arr = x01.numpy()
     for key in ("onnx_fp32", "onnx_int8"):
-        session = qonnx._session(str(paths[key]), key, threads)
-        calls[key] = lambda s=session: s.run(None, {qonnx.INPUT_NAME: arr})
+        session = onnx_session(str(paths[key]), key, threads)
+        calls[key] = lambda s=session: s.run(None, {INPUT_NAME: arr})
     pixels = x01[0].permute(1, 2, 0).numpy() * 255.0
     for key in ("tflite_fp32", "tflite_int8"):
-        it = qtflite._interpreter(paths[key], key, threads)
+        it = tflite_interpreter(paths[key], key, threads)
         inp, out = it.get_input_details()[0], it.get_output_details()[0]
         it.resize_tensor_input(inp["index"], [1, *pixels.shape], strict=False)
         it.allocate_tensors()
@@ -123,9 +126,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model, source = load_model(args.weights)
     calib = args.calib or str(Path(slimsr.__file__).parent / "assets" / "example.png")
-    crops = qonnx.calibration_crops(calib, 64, 48, downscale=args.calib_downscale)
+    crops = calibration_crops(calib, 64, 48, downscale=args.calib_downscale)
     gen = torch.Generator().manual_seed(0)
-    x01 = qonnx.smooth_test_images((1, 3, args.height, args.width), gen)
+    x01 = smooth_test_images((1, 3, args.height, args.width), gen)
     with tempfile.TemporaryDirectory(prefix="slimsr-bench-int8-") as tmp:
         calls = engines(model, crops, x01, Path(tmp), args.threads)
         times = measure(calls, args.warmup, args.repeats)

@@ -29,7 +29,7 @@ def test_float_weights_reproduce_their_metrics() -> None:
 @pytest.mark.parametrize("variant", ["ptq", "qat"])
 def test_int8_tflite_files_stay_within_a_tenth_of_a_db_of_float(variant: str) -> None:
     pytest.importorskip("ai_edge_litert", reason="needs the tflite extra (ai-edge-litert)")
-    from slimsr.quant.runtime import load_runner
+    from slimsr.export.runners import load_runner
 
     runner = load_runner(ABPN / f"abpn_x3_int8_{variant}.tflite", 3, tflite_io="uint8")
     psnr = set5_rgb(runner)

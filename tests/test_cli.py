@@ -171,7 +171,7 @@ def test_device_defaults_agree_across_commands() -> None:
 
 
 def test_info_reads_exported_onnx_and_tflite(tmp_path, capsys) -> None:
-    from slimsr.quant import export_onnx
+    from slimsr.export import export_onnx
 
     model = slimsr.create_model("abpn", 3, num_feat=8, num_mid=1)
     export_onnx(model, tmp_path / "m.onnx", verify=False)
@@ -181,7 +181,7 @@ def test_info_reads_exported_onnx_and_tflite(tmp_path, capsys) -> None:
     assert "[batch,3,height,width]" in out and "[batch,3,out_height,out_width]" in out
     pytest.importorskip("tensorflow", reason="needs the tflite-export extra (tensorflow-cpu)")
     pytest.importorskip("ai_edge_litert", reason="needs the tflite extra (ai-edge-litert)")
-    from slimsr.quant.tflite import export_tflite
+    from slimsr.export.tflite import export_tflite
 
     export_tflite(model, tmp_path / "m.tflite", verify=False)
     code, out, err = run_here(["info", str(tmp_path / "m.tflite")], capsys)

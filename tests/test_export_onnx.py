@@ -15,10 +15,12 @@ import torch
 import slimsr
 from slimsr.cli import main
 from slimsr.evaluate import pair_folders
+from slimsr.export import OnnxError, OnnxUpscaler, calibration_crops, export_onnx
+from slimsr.export import common as ecommon
+from slimsr.export import onnx as qonnx
+from slimsr.export import verify as everify
 from slimsr.imaging import imresize, read_image, write_image
 from slimsr.metrics import evaluate_pair
-from slimsr.quant import OnnxError, OnnxUpscaler, calibration_crops, export_onnx
-from slimsr.quant import onnx as qonnx
 from tests.conftest import official_weight, shared_file
 
 FMEN_SMALL = {"n_feats": 16, "mid_feats": 8, "down_blocks": 1, "up_blocks": (1, 1)}
@@ -76,7 +78,7 @@ def test_every_model_exports_with_dynamic_sizes_and_verifies(name, tmp_path) -> 
     runner = OnnxUpscaler(path)
     assert runner.scale == model.scale and runner.name == result.arch
     for shape in ((1, 3, 13, 9), (1, 3, 4, 19)):
-        x = qonnx.smooth_test_images(shape, torch.Generator().manual_seed(1))
+        x = everify.smooth_test_images(shape, torch.Generator().manual_seed(1))
         with torch.no_grad():
             expected = model.raw(x)  # the graph is the unclamped network, as `raw`
         got = runner(x)
@@ -89,12 +91,12 @@ def test_fp16_export_halves_the_file_and_stays_close(tmp_path) -> None:
     fp32 = export_onnx(model, tmp_path / "a.onnx")
     fp16 = export_onnx(model, tmp_path / "b.onnx", dtype="fp16")
     assert fp16.size_bytes < 0.6 * fp32.size_bytes
-    assert all(c.ok and c.max_abs_error <= qonnx.FP16_TOLERANCE for c in fp16.checks)
+    assert all(c.ok and c.max_abs_error <= everify.FP16_TOLERANCE for c in fp16.checks)
     proto = onnx.load(str(tmp_path / "b.onnx"))
     f16 = onnx.TensorProto.FLOAT16
     assert any(t.data_type == f16 for t in proto.graph.initializer)
     assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # IO fp32
-    x = qonnx.smooth_test_images((1, 3, 20, 30), torch.Generator().manual_seed(2))
+    x = everify.smooth_test_images((1, 3, 20, 30), torch.Generator().manual_seed(2))
     with torch.no_grad():
         assert (OnnxUpscaler(tmp_path / "b.onnx")(x) - model(x)).abs().max() <= 1e-2
     with pytest.raises(slimsr.errors.UnsupportedDtypeError):
@@ -111,8 +113,8 @@ def test_failed_verify_or_static_shape_is_reported_and_writes_nothing(
     assert runner(torch.rand(1, 3, 24, 20)).shape == (1, 3, 48, 40)
     with pytest.raises(OnnxError, match="onnxruntime failed on a 1x3x30x30 input"):
         runner(torch.rand(1, 3, 30, 30))
-    monkeypatch.setattr(qonnx, "FP32_TOLERANCE", -1.0)
-    with pytest.raises(qonnx.OnnxVerifyError, match="nothing written"):
+    monkeypatch.setattr(everify, "FP32_TOLERANCE", -1.0)
+    with pytest.raises(ecommon.OnnxVerifyError, match="nothing written"):
         export_onnx(model, tmp_path / "never.onnx")
     assert not list(tmp_path.glob("*never*"))  # no partial or temporary file either
 
@@ -173,8 +175,8 @@ def test_int8_refuses_graphs_that_are_not_plain_conv(tmp_path) -> None:
 
 def test_missing_extra_names_the_install_command(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
-    with pytest.raises(qonnx.OnnxNotInstalledError, match=r"pip install slimsr\[onnx\]"):
-        qonnx.require("onnxruntime")
+    with pytest.raises(ecommon.OnnxNotInstalledError, match=r"pip install slimsr\[onnx\]"):
+        ecommon.require_onnx("onnxruntime")
 
 
 # -- CLI --------------------------------------------------------------------------------------
@@ -187,7 +189,7 @@ def cli_files(tmp_path_factory):
     hr = root / "hr"
     gen = torch.Generator().manual_seed(3)
     for i in range(2):
-        write_image(qonnx.smooth_test_images((1, 3, 24, 28), gen)[0], hr / f"im{i}.png")
+        write_image(everify.smooth_test_images((1, 3, 24, 28), gen)[0], hr / f"im{i}.png")
     model = slimsr.create_model("abpn", 2)
     slimsr.save(model, root / "abpn.safetensors")
     return root, model

@@ -16,10 +16,11 @@ from pydantic import ValidationError
 
 import slimsr
 from slimsr.evaluate import pair_folders
+from slimsr.export.calibration import calibration_crops
+from slimsr.export.verify import smooth_test_images
 from slimsr.imaging import read_image
 from slimsr.metrics import evaluate_pair
 from slimsr.quant.graph import QuantError, UnsupportedOpError, plain_graph
-from slimsr.quant.onnx import calibration_crops, smooth_test_images
 from slimsr.quant.qat import (
     RANGES_FORMAT,
     calibrate,
@@ -247,7 +248,8 @@ def test_qat_through_the_engine_runs_exports_ranges_and_resumes(tmp_path, one_th
 def test_fake_quant_forward_matches_the_int8_tflite_file(tmp_path, one_thread) -> None:
     pytest.importorskip("tensorflow", reason="needs the tflite-export extra")
     pytest.importorskip("ai_edge_litert", reason="needs the tflite extra")
-    from slimsr.quant.tflite import TFLiteUpscaler, export_tflite
+    from slimsr.export.runners import TFLiteUpscaler
+    from slimsr.export.tflite import export_tflite
 
     result = train(load_config(qat_recipe(tmp_path, "q", train__iterations=3)))
     weights = result.weights[0]

@@ -122,7 +122,7 @@ def test_model_output_is_clamped_in_eval_and_raw_in_training() -> None:
 
 def test_runtime_files_are_tiled_under_the_budget(tmp_path) -> None:
     pytest.importorskip("onnxruntime", reason="needs the onnx extra")
-    from slimsr.quant import OnnxUpscaler, export_onnx
+    from slimsr.export import OnnxUpscaler, export_onnx
 
     model = small_model()
     export_onnx(model, tmp_path / "m.onnx", verify=False)

@@ -27,11 +27,11 @@ from slimsr.evaluate import (
     pair_folders,
     self_ensemble,
 )
+from slimsr.export.runners import Runner, is_runtime_path, load_runner
 from slimsr.factory import create_model, load
 from slimsr.fileio import atomic_write_text
 from slimsr.metrics import PROTOCOLS
 from slimsr.model import SRModel
-from slimsr.quant.runtime import Runner, is_runtime_path, load_runner
 
 RESULT_FILES = ("results.json", "results.csv")
 

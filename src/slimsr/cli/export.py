@@ -65,7 +65,8 @@ def onnx_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUTPUT if it exists."),
 ) -> None:
     """Export to ONNX: RGB [0,1] NCHW in and out, dynamic batch/height/width."""
-    from slimsr.quant.onnx import calibration_crops, export_onnx
+    from slimsr.export.calibration import calibration_crops
+    from slimsr.export.onnx import export_onnx
 
     if fp16 and int8:
         raise SlimsrError("choose one of --fp16 and --int8")
@@ -138,9 +139,9 @@ def tflite_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUTPUT if it exists."),
 ) -> None:
     """Export a plain-conv model (e.g. ABPN) to TFLite: NHWC pixels in and out, dynamic H/W."""
-    from slimsr.quant.onnx import calibration_crops
+    from slimsr.export.calibration import calibration_crops
+    from slimsr.export.tflite import export_tflite
     from slimsr.quant.qat import ranges_from_weights_file
-    from slimsr.quant.tflite import export_tflite
 
     if weights is not None and qat_weights is not None:
         raise SlimsrError("give one of --weights (float) and --qat-weights (a QAT run's weights)")

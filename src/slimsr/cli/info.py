@@ -9,8 +9,8 @@ from typing import Any
 import typer
 
 from slimsr.cli.app import Command, app
+from slimsr.export.runners import META, is_runtime_path, load_runner
 from slimsr.factory import load
-from slimsr.quant.runtime import is_runtime_path, load_runner
 
 
 def _dims(shape: Sequence[Any]) -> str:
@@ -29,8 +29,6 @@ def runtime_summary(path: Path) -> str:
     arch = getattr(runner, "arch", None)
     model = f"{arch} x{runner.scale}" if arch else f"x{runner.scale} (architecture not recorded)"
     if path.suffix.lower() == ".onnx":
-        from slimsr.quant.onnx import META
-
         meta = runner.metadata
         precision = meta.get(META + "precision", "precision not recorded")
         (inp,) = runner.session.get_inputs()

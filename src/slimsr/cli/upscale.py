@@ -24,12 +24,12 @@ from slimsr.cli.checks import (
 )
 from slimsr.cli.eval import resolve_device, resolve_dtype
 from slimsr.errors import SlimsrError
+from slimsr.export.runners import Runner, is_runtime_path, load_runner
 from slimsr.factory import create_model, load
 from slimsr.imaging import SUFFIXES, list_images, read_image
 from slimsr.inference import prepare_for_inference
 from slimsr.model import SRModel
 from slimsr.profile import resident_mb
-from slimsr.quant.runtime import Runner, is_runtime_path, load_runner
 from slimsr.upscale import (
     DEFAULT_MEMORY_BUDGET_MB,
     UpscaleOptions,

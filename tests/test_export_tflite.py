@@ -1,4 +1,4 @@
-"""TFLite: the Keras rebuild (float file == PyTorch), INT8 of the official ABPN within 0.15 dB
+"""TFLite export: the Keras rebuild (float file == PyTorch), INT8 of the official ABPN within 0.15 dB
 on Set5 with an all-int8 graph and uint8 IO, the official INT8 files through `slimsr eval`,
 the runner, and one-line errors (unsupported op, wrong IO kind, missing extras, no ranges)."""
 
@@ -14,11 +14,13 @@ import torch
 import slimsr
 from slimsr.cli import main
 from slimsr.evaluate import pair_folders
+from slimsr.export import tflite as qtflite
+from slimsr.export.calibration import calibration_crops
+from slimsr.export.common import TFLiteError
+from slimsr.export.runners import TFLiteUpscaler, is_runtime_path, load_runner
+from slimsr.export.verify import smooth_test_images
 from slimsr.imaging import read_image, write_image
 from slimsr.metrics import evaluate_pair
-from slimsr.quant import tflite as qtflite
-from slimsr.quant.onnx import calibration_crops, smooth_test_images
-from slimsr.quant.runtime import is_runtime_path, load_runner
 from tests.conftest import official_weight, shared_file
 
 OFFICIAL_SET5_RGB = {"abpn_x3_int8_ptq.tflite": 31.404, "abpn_x3_int8_qat.tflite": 31.468}
@@ -91,7 +93,7 @@ def test_official_abpn_int8_tflite_is_all_int8_and_within_015_db(tmp_path) -> No
     assert all(len(t["quantization_parameters"]["scales"]) == t["shape"][0] for t in kernels)
 
     psnr = set5_psnr(
-        [model, qtflite.TFLiteUpscaler(tmp_path / "f.tflite"), load_runner(tmp_path / "q.tflite")]
+        [model, TFLiteUpscaler(tmp_path / "f.tflite"), load_runner(tmp_path / "q.tflite")]
     )
     float_db, tflite_float_db, int8_db = psnr.mean(0)
     assert float_db == pytest.approx(31.551, abs=2e-3)
@@ -131,11 +133,11 @@ def test_runner_resizes_per_image_and_handles_quantised_io(tmp_path) -> None:
         assert float((got - expected).abs().mean()) < 2 / 255
     with pytest.raises(slimsr.errors.UnsupportedDtypeError, match="drop --fp16"):
         runner.to(dtype=torch.float16)
-    with pytest.raises(qtflite.TFLiteError, match="is a x3 model, not x4"):
+    with pytest.raises(TFLiteError, match="is a x3 model, not x4"):
         load_runner(official_weight("abpn_x3_int8_ptq.tflite"), scale=4)
     bad = tmp_path / "bad.tflite"
     bad.write_bytes(b"not a flatbuffer" * 8)
-    with pytest.raises(qtflite.TFLiteError, match="not a readable TFLite model"):
+    with pytest.raises(TFLiteError, match="not a readable TFLite model"):
         load_runner(bad)
 
 
