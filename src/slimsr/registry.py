@@ -7,8 +7,8 @@ scales it provides, the value range it expects (official networks differ: [0,1] 
 [0,255]), the input size multiple, and whether half precision is safe.
 
 A *family* (`register_family`, called once in its `archs/<family>.py` before its variants)
-declares what its variants share: the measured CPU memory layout and whether tiled inference
-is exact. A variant inherits them and may override the layout (FMEN's train-time forms).
+declares what its variants share: the measured CPU memory layout, whether tiled inference
+is exact, and how the compression workflow reads its (N_c, N_l, N_b). A variant inherits them and may override the layout (FMEN's train-time forms).
 
 A *detector* reads a canonical state dict and, when it recognises a family, returns a
 `Detection`: the variant name, the scale and any hyper-parameters inferred from tensor
@@ -25,12 +25,15 @@ import fnmatch
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
 
 from slimsr.errors import UnknownModelError, UnsupportedScaleError
+
+if TYPE_CHECKING:  # archs import this module, so their helpers are named for type checks only
+    from slimsr.archs._compression import ArchSpec
 
 StateDict = Mapping[str, torch.Tensor]
 Builder = Callable[..., nn.Module]
@@ -53,6 +56,8 @@ class FamilyInfo:
     networks); "approximate": the network reads wider context than any overlap (global
     statistics, large pooling windows, windows aligned to the image origin), so tile edges move
     some pixels (README: 1-2% by more than 1/255 at 64 px tiles for ESA/CCA models)."""
+    compression: ArchSpec | None = None
+    """How `slimsr compress` reads and rebuilds the family's (N_c, N_l, N_b); None: it cannot."""
 
 
 @dataclass(frozen=True)
@@ -191,12 +196,13 @@ def register_family(
     *,
     cpu_channels_last: bool,
     tiling: Tiling,
+    compression: ArchSpec | None = None,
     registry: ModelRegistry | None = None,
 ) -> FamilyInfo:
     """Declare a family's shared facts (see `FamilyInfo`); call before its `@register_model`s."""
     if tiling not in ("exact", "approximate"):
         raise ValueError(f"tiling is 'exact' or 'approximate', not {tiling!r}")
-    family = FamilyInfo(name, cpu_channels_last, tiling)
+    family = FamilyInfo(name, cpu_channels_last, tiling, compression)
     (registry or REGISTRY).add_family(family)
     return family
 

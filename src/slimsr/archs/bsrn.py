@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from slimsr.archs._compression import ArchSpec, Built, Dims, check_net
 from slimsr.archs._detect import has_all, indices, pixelshuffle_scale
 from slimsr.archs.blocks import (
     ESA,
@@ -130,12 +131,52 @@ class BSRN(nn.Module):
         return self.upsampler(self.c2(trunk) + fea)
 
 
+# -- compression (slimsr.compress) ------------------------------------------------------------
+
+
+class BSRNSpec(ArchSpec):
+    """BSRN and BSRN-S: N_c features, N_b ESDBs, N_l = 4 (fixed).
+
+    An ESDB has three BSRB steps and a fourth BSConv before its 1x1 fusion (the conv before the
+    output), a fixed structure: N_l stays 4 and the budget goes to N_b and N_c. Widths are
+    multiples of 4 (the blocks split C/2 and ESA works on C/4), at least 16 (CCA's C/16).
+    """
+
+    family = "bsrn"
+    deep_feature = "ESDB blocks B1..Bn, the fusion c1 and the conv c2 (weights only)"
+    meaning = "N_c = features, N_l = 4 (fixed ESDB structure), N_b = ESDB blocks"
+    min_channels = 16
+    _LAYERS = 4
+
+    def dims(self, model: Built) -> Dims:
+        net = check_net(model, BSRN, self)
+        return Dims(net.upsampler.upsampleOneStep[0].in_channels, self._LAYERS, net.num_block)
+
+    def is_deep_feature(self, name: str) -> bool:
+        block = name.split(".", 1)[0]
+        is_block = block[:1] == "B" and block[1:].isdigit()
+        return name.endswith("weight") and (is_block or name.startswith(("c1.", "c2.")))
+
+    def layer_bounds(self, dims: Dims) -> tuple[int, int | None]:
+        return self._LAYERS, self._LAYERS
+
+    def channel_multiple(self, model: Built) -> int:
+        return 4
+
+    def compact(self, model: Built, dims: Dims) -> tuple[str, dict[str, Any]]:
+        return model.name, {
+            **model.kwargs,
+            "num_feat": dims.channels,
+            "num_block": dims.blocks,
+        }
+
+
 # CPU layout of the plain graph (channels_last / contiguous time at x2 / x3 / x4): bsrn 0.92 /
 # 0.96 / 0.97, bsrn_s 1.01 / 0.98 / 0.97: not faster at every scale (its concatenations and, at
 # one thread, its 1x1 convs, which PyTorch then runs as NCHW GEMMs with a layout copy each way).
 # Its fused form (`slimsr.fused.bsrn`) is channels-last and much faster than either.
 # Tiling: ESA pools over large windows and CCA averages over the whole image.
-register_family("bsrn", cpu_channels_last=False, tiling="approximate")
+register_family("bsrn", cpu_channels_last=False, tiling="approximate", compression=BSRNSpec())
 
 
 @register_model(

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from slimsr.archs._compression import ArchSpec, Built, Dims, check_net, weights_under
 from slimsr.archs._detect import has_all, indices, pixelshuffle_scale
 from slimsr.archs.blocks import OneStepUpsampler, conv3x3
 from slimsr.registry import Detection, register_detector, register_family, register_model
@@ -268,12 +269,52 @@ _FULL_NOTE = (
 )
 
 
+# -- compression (slimsr.compress) ------------------------------------------------------------
+
+
+class FMENSpec(ArchSpec):
+    """FMEN / FMEN-S (deploy or train form): N_c = n_feats, N_b = ERB-HFAB pairs, N_l = 1.
+
+    A pair is an ERB (two convs: one layer plus the conv before its output, like an EDSR
+    block) and an HFAB attention branch; the structure is fixed, so N_l stays 1. The HFAB width
+    `mid_feats` follows N_c in proportion (at least 5: the warm-up HFAB uses mid_feats - 4).
+    """
+
+    family = "fmen"
+    deep_feature = "warm-up, ERB and HFAB blocks and lr_conv (weights only)"
+    meaning = "N_c = n_feats, N_l = 1 (fixed ERB structure), N_b = ERB-HFAB pairs"
+    min_channels = 4
+
+    def dims(self, model: Built) -> Dims:
+        net = check_net(model, (FMEN, TrainFMEN), self)
+        return Dims(net.hparams["n_feats"], 1, net.hparams["down_blocks"])
+
+    def is_deep_feature(self, name: str) -> bool:
+        return weights_under(name, ("warmup.", "ERBs.", "HFABs.", "lr_conv."))
+
+    def layer_bounds(self, dims: Dims) -> tuple[int, int | None]:
+        return 1, 1
+
+    def compact(self, model: Built, dims: Dims) -> tuple[str, dict[str, Any]]:
+        hp = check_net(model, (FMEN, TrainFMEN), self).hparams
+        up = list(hp["up_blocks"])
+        pairs = up[1:] + [up[-1]] * max(0, dims.blocks - (len(up) - 1))
+        mid = max(5, round(hp["mid_feats"] * dims.channels / hp["n_feats"]))
+        return model.name, {
+            **model.kwargs,
+            "n_feats": dims.channels,
+            "down_blocks": dims.blocks,
+            "up_blocks": [up[0], *pairs[: dims.blocks]],
+            "mid_feats": mid,
+        }
+
+
 # CPU layout (channels_last / contiguous time at x2 / x3 / x4): fmen 0.94 / 0.91 / 0.87, fmen_s
 # 0.75 / 0.76 / 0.73; the train-time forms are the exception (`cpu_channels_last=False` below):
 # fmen_s_train 0.98 / 1.00 / 0.98, fmen_train 1.13 / 1.34 / 1.37 (they pad every RRRB and BN input
 # into a freshly built NCHW tensor, so NHWC weights probably pay a reorder per conv).
 # Tiling: 3x3 convs and a per-pixel attention gate, purely local.
-register_family("fmen", cpu_channels_last=True, tiling="exact")
+register_family("fmen", cpu_channels_last=True, tiling="exact", compression=FMENSpec())
 
 
 @register_model(
