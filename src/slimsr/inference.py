@@ -8,8 +8,8 @@ parameters frozen and the module in eval mode. On top of that, per model, whatev
 fastest (numbers in docs/efficiency.md):
 
 - **Fused forms** (default on CPU for BSRN, BSRN-S, E-RFDN, FMEN, FMEN-S): `slimsr.fused.fuse`
-  builds a new module from the trained weights that computes the same
-  function with fewer passes over memory: channels-last throughout, concatenations feeding a
+  builds a new module from the trained weights that computes the same function with fewer
+  passes over memory: channels-last throughout, concatenations feeding a
   1x1 conv replaced by running sums, chains of linear layers folded, residual identities folded
   into conv weights, activations in place or fused into oneDNN convolutions. The trained network
   is left as it is (its state dict stays official); the fused one holds derived tensors only.

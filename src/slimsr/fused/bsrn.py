@@ -14,9 +14,9 @@ from slimsr.fused.kernels import (
     Act,
     as_pointwise_weight,
     channels_last,
-    fused_conv,
     fused_conv_add,
     linear_of,
+    running_sum,
 )
 from slimsr.fused.modules import FusedConv, FusedDistillation, FusedModule, Workspace
 
@@ -87,11 +87,7 @@ class FusedBSRN(FusedModule):
             out = block(
                 out, overwrite_input=i > 0, workspace=workspace
             )  # B1's input is the stem, needed at the end
-            w = getattr(self, f"c1_weight{i}")
-            if trunk is None:
-                trunk = fused_conv(out, w, self.c1_bias)
-            else:
-                trunk = fused_conv_add(out, w, None, trunk, into_other=True)
+            trunk = running_sum(trunk, out, getattr(self, f"c1_weight{i}"), self.c1_bias)
         assert trunk is not None
         lr = self.c2.add(self.act(trunk), fea, overwrite=True)
         return self.shuffle(self.upsampler(lr))

@@ -144,6 +144,14 @@ def fused_conv_add(
     return other.add_(y) if into_other else y.add_(other)
 
 
+def running_sum(total: Tensor | None, part: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """total + conv1x1(part), written into `total`; the first part (`total` None) starts the sum
+    and brings the bias. A 1x1 conv over a concatenation, run part by part without the copy."""
+    if total is None:
+        return fused_conv(part, weight, bias)
+    return fused_conv_add(part, weight, None, total, into_other=True)
+
+
 def channels_last(x: Tensor) -> Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 

@@ -19,6 +19,7 @@ from slimsr.fused.kernels import (
     fused_conv,
     fused_conv_add,
     linear_of,
+    running_sum,
 )
 
 
@@ -322,12 +323,7 @@ class FusedDistillation(FusedModule):
             d = fused_conv(
                 r, getattr(self, f"d{i + 1}_weight"), getattr(self, f"d{i + 1}_bias"), act=act
             )
-            w = getattr(self, f"acc{i}_weight")
-            acc = (
-                fused_conv(d, w, self.acc_bias)
-                if acc is None
-                else fused_conv_add(d, w, None, acc, into_other=True)
-            )
+            acc = running_sum(acc, d, getattr(self, f"acc{i}_weight"), self.acc_bias)
             del d
             if separable:  # the first step copies x into r_buf, the others work in place
                 r = self.r[i].separable_residual(r, act, out=r_buf, pw_out=pw_out)

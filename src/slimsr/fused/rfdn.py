@@ -11,9 +11,8 @@ from slimsr.fused.kernels import (
     Act,
     as_pointwise_weight,
     channels_last,
-    fused_conv,
-    fused_conv_add,
     linear_of,
+    running_sum,
 )
 from slimsr.fused.modules import FusedConv, FusedDistillation, FusedModule
 
@@ -49,11 +48,7 @@ class FusedRFDN(FusedModule):
         out, trunk = fea, None
         for i, block in enumerate(self.blocks):
             out = block(out)
-            w = getattr(self, f"c_weight{i}")
-            if trunk is None:
-                trunk = fused_conv(out, w, self.c_bias)
-            else:
-                trunk = fused_conv_add(out, w, None, trunk, into_other=True)
+            trunk = running_sum(trunk, out, getattr(self, f"c_weight{i}"), self.c_bias)
         assert trunk is not None
         lr = self.LR_conv.add(self.act(trunk), fea, overwrite=True)
         return self.shuffle(self.upsampler(lr))
