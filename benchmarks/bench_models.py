@@ -11,7 +11,7 @@ and `macs` conventions for a 1280x720 output (the papers' "Mult-Adds"); counting
 meta device and costs nothing. Latency is measured on a smaller `--time-size` input so that the
 whole registry runs in minutes on a laptop; models whose MACs there exceed `--max-gmacs` are not
 timed. `--layout` times both memory formats, interleaved, and prints the channels_last /
-contiguous ratio that `slimsr.inference.CPU_CHANNELS_LAST` is chosen from. `--evals` reads
+contiguous ratio that each family's `register_family(cpu_channels_last=...)` is chosen from. `--evals` reads
 `slimsr eval` results.json files and plots PSNR (of `--plot-dataset`, default Set5) against params
 and against Mult-Adds (like Fig. 4 of the compression paper); that needs matplotlib (the `bench`
 extra) and is skipped with a message without it. No asserts on timings.

@@ -12,16 +12,11 @@ import torch
 from torch import nn
 
 import slimsr
-from slimsr.archs.blocks import (
-    Act,
-    BSConvU,
-    ChannelsLastPixelShuffle,
-    FusedConv,
-    FusedModule,
-    Workspace,
-    fused_conv_add,
-)
+from slimsr.archs.blocks import BSConvU, ChannelsLastPixelShuffle
 from slimsr.errors import SlimsrError
+from slimsr.fused import fuse
+from slimsr.fused.kernels import Act, fused_conv_add
+from slimsr.fused.modules import FusedConv, FusedModule, Workspace
 from slimsr.inference import (
     default_fuse,
     has_fused_form,
@@ -64,7 +59,7 @@ def test_fused_form_equals_the_plain_forward(name: str, scale: int) -> None:
     info = slimsr.get_model_info(name)
     for dtype, atol in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
         net = _perturbed(name, scale, dtype)
-        fused = net.fuse_for_inference()
+        fused = fuse(net)
         assert isinstance(fused, FusedModule)
         for h, w in SIZES:
             x = torch.rand(2, 3, h, w, dtype=dtype) * info.input_range
@@ -79,7 +74,7 @@ def test_fused_form_leaves_the_network_alone_and_holds_no_state() -> None:
     net = _perturbed("bsrn_s", 4, torch.float32)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     params = sum(p.numel() for p in net.parameters())
-    fused = net.fuse_for_inference()
+    fused = fuse(net)
     after = net.state_dict()
     assert list(after) == list(before) and all(torch.equal(after[k], before[k]) for k in before)
     assert sum(p.numel() for p in net.parameters()) == params == 156_288
@@ -100,7 +95,7 @@ def test_fused_form_leaves_the_network_alone_and_holds_no_state() -> None:
 def test_fused_form_of_the_official_weights(name: str, filename: str) -> None:
     model = slimsr.create_model(name, 4, weights=official_weight(filename))
     net = model.net.eval().double()
-    fused = net.fuse_for_inference()
+    fused = fuse(net)
     x = torch.rand(1, 3, 19, 21, dtype=torch.float64) * model.input_range
     with torch.inference_mode():
         err = (fused(x) - net(x)).abs().max().item() / model.input_range
@@ -218,8 +213,8 @@ def test_workspace_reuses_a_buffer_only_for_the_same_shape() -> None:
 def test_prepacked_weights_follow_the_tensor() -> None:
     """oneDNN-layout copies of conv weights are cached per tensor: an in-place change of the
     weight is seen, and the cache entry goes with the tensor."""
-    from slimsr.archs import blocks
-    from slimsr.archs.blocks import fused_conv
+    from slimsr.fused import kernels
+    from slimsr.fused.kernels import fused_conv
 
     x = torch.rand(1, 4, 9, 7).contiguous(memory_format=torch.channels_last)
     w = torch.rand(6, 4, 3, 3).contiguous(memory_format=torch.channels_last)
@@ -233,8 +228,8 @@ def test_prepacked_weights_follow_the_tensor() -> None:
         torch.testing.assert_close(
             fused_conv(x, w, None, padding=1), nn.functional.conv2d(x, w, None, 1, 1)
         )
-    if blocks._onednn(x):
-        assert id(w) in blocks._PACKED
+    if kernels._onednn(x):
+        assert id(w) in kernels._PACKED
         key = id(w)
         del w
-        assert key not in blocks._PACKED
+        assert key not in kernels._PACKED

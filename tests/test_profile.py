@@ -20,13 +20,7 @@ import slimsr
 import slimsr.profile
 from slimsr.archs.blocks import ChannelLinear
 from slimsr.errors import SlimsrError
-from slimsr.inference import (
-    CPU_CHANNELS_LAST,
-    CPU_CONTIGUOUS_MODELS,
-    inference_config,
-    prepare_for_inference,
-    run_inference,
-)
+from slimsr.inference import inference_config, prepare_for_inference, run_inference
 from slimsr.profile import (
     CONVENTIONS,
     complexity,
@@ -305,16 +299,18 @@ def test_prepare_for_inference_channels_last_keeps_outputs_and_keys() -> None:
 
 
 def test_channels_last_default_comes_from_the_family() -> None:
-    for family, expected in CPU_CHANNELS_LAST.items():
+    registry = default_registry()
+    families = registry.families()
+    assert {f.name for f in families} == {"abpn", "bsrn", "edsr", "fmen", "rfdn", "swinir"}
+    for family in families:
+        expected = family.cpu_channels_last
         name = next(
-            i.name
-            for i in default_registry()
-            if i.family == family and i.name not in CPU_CONTIGUOUS_MODELS
+            i.name for i in registry if i.family == family.name and i.cpu_channels_last is expected
         )
         model = prepare_for_inference(
             slimsr.create_model(name), "cpu", torch.float32, None, fuse=False
         )
-        assert inference_config(model).channels_last is expected, family
+        assert inference_config(model).channels_last is expected, family.name
     train = prepare_for_inference(slimsr.create_model("fmen_s_train"), "cpu", torch.float32)
     assert inference_config(train).channels_last is False  # measured slower in NHWC
     raw = prepare_for_inference(Toy(), "cpu", torch.float32, None)

@@ -8,7 +8,13 @@ from torch import nn
 
 import slimsr
 from slimsr.model import SRModel
-from slimsr.registry import ModelRegistry, count_parameters, register_model
+from slimsr.registry import (
+    ModelRegistry,
+    count_parameters,
+    default_registry,
+    register_family,
+    register_model,
+)
 
 # ARCHITECTURES.md §0, column P: sum(p.numel()) of the official modules (EDSR incl. MeanShift).
 EXPECTED_PARAMS = {
@@ -123,3 +129,49 @@ def test_tiny_inputs_are_padded_up_to_the_minimum_size(name: str) -> None:
         assert model(torch.rand(1, 3, 4, 9)).shape == (1, 3, 8, 18)
         with pytest.raises(RuntimeError):
             model.net(torch.rand(1, 3, 4, 9))  # the raw network really needs the padding
+
+
+def test_family_facts_are_declared_once_and_inherited() -> None:
+    """The measured CPU layouts (docs/efficiency.md) and the tiling claims (README), as each
+    family declares them; its variants inherit them, FMEN's train forms override the layout."""
+    registry = default_registry()
+    facts = {f.name: (f.cpu_channels_last, f.tiling) for f in registry.families()}
+    assert facts == {
+        "abpn": (True, "exact"),
+        "bsrn": (False, "approximate"),
+        "edsr": (True, "exact"),
+        "fmen": (True, "exact"),
+        "rfdn": (True, "approximate"),
+        "swinir": (True, "approximate"),
+    }
+    overrides = {
+        i.name
+        for i in registry
+        if i.cpu_channels_last != registry.family(i.family).cpu_channels_last
+    }
+    assert overrides == {"fmen_train", "fmen_s_train"}
+    assert all(i.tiling == registry.family(i.family).tiling for i in registry)
+
+
+def test_undeclared_families_get_the_cautious_defaults() -> None:
+    registry = ModelRegistry()
+
+    @register_model(family="toy", input_range=1.0, registry=registry)
+    def plain(scale: int) -> nn.Module:
+        """Toy."""
+        return Doubler(scale)
+
+    assert not registry.get("plain").cpu_channels_last
+    assert registry.get("plain").tiling == "approximate"
+    register_family("local", cpu_channels_last=True, tiling="exact", registry=registry)
+
+    @register_model(family="local", input_range=1.0, registry=registry)
+    def local(scale: int) -> nn.Module:
+        """Toy."""
+        return Doubler(scale)
+
+    assert registry.get("local").cpu_channels_last and registry.get("local").tiling == "exact"
+    with pytest.raises(ValueError, match="registered twice"):
+        register_family("local", cpu_channels_last=False, tiling="exact", registry=registry)
+    with pytest.raises(ValueError, match="exact"):
+        register_family("odd", cpu_channels_last=False, tiling="nearly", registry=registry)  # type: ignore[arg-type]

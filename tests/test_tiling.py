@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import slimsr
+from slimsr.registry import default_registry
 from slimsr.tiling import count_tiles, edge_ramp, fitted_tile, tile_starts, tiles, upscale_tiled
 
 
@@ -61,7 +62,17 @@ def test_identical_predictions_blend_exactly() -> None:
     assert count_tiles(50, 37, 16, 6) > 4
 
 
-@pytest.mark.parametrize(("name", "scale"), [("fmen_s", 4), ("abpn", 3), ("edsrmini", 2)])
+LOCAL = [("fmen_s", 4), ("abpn", 3), ("edsrmini", 2)]
+"""One variant of every family that declares `tiling="exact"` (checked below)."""
+
+
+def test_the_tiled_families_are_those_declared_exact() -> None:
+    registry = default_registry()
+    exact = {f.name for f in registry.families() if f.tiling == "exact"}
+    assert {registry.get(name).family for name, _ in LOCAL} == exact
+
+
+@pytest.mark.parametrize(("name", "scale"), LOCAL)
 def test_local_networks_tile_within_1_over_255(name: str, scale: int) -> None:
     torch.manual_seed(0)
     model = slimsr.create_model(name, scale)

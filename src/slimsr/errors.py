@@ -29,3 +29,7 @@ class CheckpointError(SlimsrError):
 
 class UnsupportedDtypeError(SlimsrError, ValueError):
     """fp16 / bf16 asked of a model that is not safe in that precision."""
+
+
+class CompressionError(SlimsrError, ValueError):
+    """A model, density or artifact the compression workflow cannot use."""

@@ -7,15 +7,16 @@ Inference needs no autograd state, so everything runs under `torch.inference_mod
 parameters frozen and the module in eval mode. On top of that, per model, whatever measured
 fastest (numbers in docs/efficiency.md):
 
-- **Fused forms** (default on CPU for BSRN, BSRN-S, E-RFDN, FMEN, FMEN-S): the network's
-  `fuse_for_inference()` builds a new module from the trained weights that computes the same
-  function with fewer passes over memory: channels-last throughout, concatenations feeding a
+- **Fused forms** (default on CPU for BSRN, BSRN-S, E-RFDN, FMEN, FMEN-S): `slimsr.fused.fuse`
+  builds a new module from the trained weights that computes the same function with fewer
+  passes over memory: channels-last throughout, concatenations feeding a
   1x1 conv replaced by running sums, chains of linear layers folded, residual identities folded
   into conv weights, activations in place or fused into oneDNN convolutions. The trained network
   is left as it is (its state dict stays official); the fused one holds derived tensors only.
 - **Memory format** for the other networks: channels_last (NHWC) where it measured faster on
-  CPU, per family (`CPU_CHANNELS_LAST`). On CUDA nothing was measured here: contiguous and
-  unfused by default.
+  CPU, as each family declares in its registry entry (`ModelInfo.cpu_channels_last`, set by
+  `register_family` in `archs/<family>.py`, with the measured ratios). On CUDA nothing was
+  measured here: contiguous and unfused by default.
 - `torch.compile`, opt-in: the first call compiles (tens of seconds on CPU), later calls with
   the same shapes may be faster.
 
@@ -31,36 +32,9 @@ import torch
 from torch import Tensor, nn
 
 from slimsr.errors import SlimsrError, UnsupportedDtypeError
-
-CPU_CHANNELS_LAST: dict[str, bool] = {
-    "abpn": True,
-    "bsrn": False,
-    "edsr": True,
-    "fmen": True,
-    "rfdn": True,
-    "swinir": True,
-}
-"""Default memory format per family on CPU for networks run unfused (`fuse=False`, or no fused
-form), from `benchmarks/bench_models.py --layout`.
-
-Measured with torch 2.13 (CPU, oneDNN), fp32, 128x128 LR, 1 thread (the 2-core machine was
-shared with training runs; 2 threads were unusable), median of 5 interleaved runs after 2
-warm-ups; ratio = channels_last time / contiguous time at x2 / x3 / x4 (below 1: faster):
-
-    abpn 0.76 / 0.69 / 0.80        e_rfdn 0.81 / 0.83 / 0.85      fmen_s 0.75 / 0.76 / 0.73
-    bsrn 0.92 / 0.96 / 0.97        edsr_baseline 0.90 / 0.77 / 0.81   fmen 0.94 / 0.91 / 0.87
-    bsrn_s 1.01 / 0.98 / 0.97      edsrmini 0.83 / 0.70 / 0.73    swinir_s 0.92 / 0.95 / 0.94
-    swinirmini 0.95 / 0.94 / 0.97  fmen_s_train 0.98 / 1.00 / 0.98   fmen_train 1.13 / 1.34 / 1.37
-
-A family is NHWC only where that was faster at every scale. The plain BSRN graph is not (its
-concatenations and, at one thread, its 1x1 convs, which PyTorch then runs as NCHW GEMMs with a
-layout copy each way); its fused form is channels-last and much faster than either.
-"""
-
-CPU_CONTIGUOUS_MODELS: frozenset[str] = frozenset({"fmen_train", "fmen_s_train"})
-"""Exceptions to the family default, measured up to 1.37x slower in NHWC (see above); FMEN's
-train-time forms pad every RRRB and BN input into a freshly built NCHW tensor, so NHWC weights
-probably pay a reorder per conv."""
+from slimsr.fused import fuse as build_fused_form
+from slimsr.fused import has_fused_form
+from slimsr.registry import default_registry
 
 _STATE_ATTR = "_slimsr_inference"
 
@@ -98,15 +72,14 @@ def family_of(model: nn.Module) -> tuple[str | None, str | None]:
 def default_channels_last(
     family: str | None, device: torch.device | str, name: str | None = None
 ) -> bool:
-    """The measured per-family default on CPU; contiguous elsewhere (not measured here)."""
-    if torch.device(device).type != "cpu" or family is None or name in CPU_CONTIGUOUS_MODELS:
+    """The measured default on CPU, as the registry declares it for the model `name` (or, for
+    a name it does not know, for `family`); contiguous elsewhere (not measured here)."""
+    if torch.device(device).type != "cpu" or family is None:
         return False
-    return CPU_CHANNELS_LAST.get(family, False)
-
-
-def has_fused_form(net: nn.Module) -> bool:
-    """Whether the raw network can build a fused inference form."""
-    return callable(getattr(net, "fuse_for_inference", None))
+    registry = default_registry()
+    if name is not None and name in registry:
+        return registry.get(name).cpu_channels_last
+    return registry.family(family).cpu_channels_last
 
 
 def default_fuse(net: nn.Module, device: torch.device | str) -> bool:
@@ -148,7 +121,7 @@ def prepare_for_inference(
 
     - `device`, `dtype` (None: the model's current dtype, normally float32): moved there;
       eval mode, no gradients. float16 needs CUDA; architectures refuse unsafe precisions.
-    - `fuse`: build the network's fused form (`fuse_for_inference()`); None = where one exists
+    - `fuse`: build the network's fused form (`slimsr.fused.fuse`); None = where one exists
       and on CPU, unless `channels_last=False` asks for the plain NCHW graph. The argument is
       then left unfused (prepared in place: device, dtype, eval) and shares nothing with the
       result. Fused forms run channels-last inside, so `channels_last` only says how inputs
@@ -174,7 +147,9 @@ def prepare_for_inference(
     model.to(device=device, dtype=dtype)
     if fuse:
         with torch.no_grad():
-            fused = net.fuse_for_inference().eval().to(device=device, dtype=dtype)
+            fused = build_fused_form(net)
+            assert fused is not None  # has_fused_form(net) was checked above
+            fused = fused.to(device=device, dtype=dtype)
         result = _rewrap(model, fused)
         channels_last = True
     else:

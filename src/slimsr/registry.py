@@ -6,6 +6,10 @@ records what a caller needs to run the network correctly without reading its cod
 scales it provides, the value range it expects (official networks differ: [0,1] or
 [0,255]), the input size multiple, and whether half precision is safe.
 
+A *family* (`register_family`, called once in its `archs/<family>.py` before its variants)
+declares what its variants share: the measured CPU memory layout, whether tiled inference
+is exact, and how the compression workflow reads its (N_c, N_l, N_b). A variant inherits them and may override the layout (FMEN's train-time forms).
+
 A *detector* reads a canonical state dict and, when it recognises a family, returns a
 `Detection`: the variant name, the scale and any hyper-parameters inferred from tensor
 shapes, plus the state dict rewritten to our (official) key names. Detectors are tried in
@@ -21,15 +25,39 @@ import fnmatch
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
 
 from slimsr.errors import UnknownModelError, UnsupportedScaleError
 
+if TYPE_CHECKING:  # archs import this module, so their helpers are named for type checks only
+    from slimsr.archs._compression import ArchSpec
+
 StateDict = Mapping[str, torch.Tensor]
 Builder = Callable[..., nn.Module]
+Tiling = Literal["exact", "approximate"]
+
+
+@dataclass(frozen=True)
+class FamilyInfo:
+    """Facts shared by the variants of one family, declared in its `archs/<family>.py`."""
+
+    name: str
+    cpu_channels_last: bool = False
+    """Run the plain (unfused) network channels-last (NHWC) on CPU by default. True only where
+    `benchmarks/bench_models.py --layout` measured NHWC faster at every scale (torch 2.13,
+    oneDNN, fp32, 128x128 LR, 1 thread, median of 5 interleaved runs after 2 warm-ups; each
+    family's ratios, channels_last time / contiguous time at x2 / x3 / x4, are next to its
+    declaration). Unmeasured families and devices stay contiguous."""
+    tiling: Tiling = "approximate"
+    """"exact": tiles blended with enough overlap give the whole-image output (purely local
+    networks); "approximate": the network reads wider context than any overlap (global
+    statistics, large pooling windows, windows aligned to the image origin), so tile edges move
+    some pixels (README: 1-2% by more than 1/255 at 64 px tiles for ESA/CCA models)."""
+    compression: ArchSpec | None = None
+    """How `slimsr compress` reads and rebuilds the family's (N_c, N_l, N_b); None: it cannot."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +83,11 @@ class ModelInfo:
     """How the papers' rounded parameter figures relate to ours (shown by `slimsr models`)."""
     deploy_form: str | None = None
     """For a train-time (re-parameterisable) variant, the name of its deploy variant."""
+    cpu_channels_last: bool = False
+    """Default CPU memory format when run unfused (`FamilyInfo.cpu_channels_last`, unless the
+    variant overrides it)."""
+    tiling: Tiling = "approximate"
+    """Whether tiled inference equals whole-image inference (`FamilyInfo.tiling`)."""
 
     def build(self, scale: int | None = None, **kwargs: Any) -> nn.Module:
         """The raw network (official key names and value range), randomly initialised."""
@@ -92,8 +125,14 @@ class ModelRegistry:
         self._models: dict[str, ModelInfo] = {}
         self._aliases: dict[str, str] = {}
         self._detectors: list[tuple[str, Detector]] = []
+        self._families: dict[str, FamilyInfo] = {}
 
     # -- registration -------------------------------------------------------------------
+    def add_family(self, family: FamilyInfo) -> None:
+        if family.name in self._families:
+            raise ValueError(f"family {family.name!r} is registered twice")
+        self._families[family.name] = family
+
     def add(self, info: ModelInfo, aliases: tuple[str, ...] = ()) -> None:
         for key in (info.name, *aliases):
             key = normalize_name(key)
@@ -130,6 +169,13 @@ class ModelRegistry:
         key = normalize_name(name)
         return key in self._models or key in self._aliases
 
+    def family(self, name: str) -> FamilyInfo:
+        """The declared facts of a family; defaults (contiguous, approximate) if undeclared."""
+        return self._families.get(name) or FamilyInfo(name)
+
+    def families(self) -> list[FamilyInfo]:
+        return list(self._families.values())
+
     def detectors(self) -> list[tuple[str, Detector]]:
         return list(self._detectors)
 
@@ -145,6 +191,22 @@ class ModelRegistry:
 REGISTRY = ModelRegistry()
 
 
+def register_family(
+    name: str,
+    *,
+    cpu_channels_last: bool,
+    tiling: Tiling,
+    compression: ArchSpec | None = None,
+    registry: ModelRegistry | None = None,
+) -> FamilyInfo:
+    """Declare a family's shared facts (see `FamilyInfo`); call before its `@register_model`s."""
+    if tiling not in ("exact", "approximate"):
+        raise ValueError(f"tiling is 'exact' or 'approximate', not {tiling!r}")
+    family = FamilyInfo(name, cpu_channels_last, tiling, compression)
+    (registry or REGISTRY).add_family(family)
+    return family
+
+
 def register_model(
     *,
     family: str,
@@ -158,13 +220,17 @@ def register_model(
     paper: str = "",
     params_note: str = "",
     deploy_form: str | None = None,
+    cpu_channels_last: bool | None = None,
     aliases: tuple[str, ...] = (),
     registry: ModelRegistry | None = None,
 ) -> Callable[[Builder], Builder]:
-    """Register a variant function `name(scale, **kwargs) -> nn.Module` under its own name."""
+    """Register a variant function `name(scale, **kwargs) -> nn.Module` under its own name.
+
+    `cpu_channels_last`: None = the family's declared default (`register_family`)."""
 
     def decorate(fn: Builder) -> Builder:
         doc = (fn.__doc__ or "").strip().splitlines()
+        facts = (registry or REGISTRY).family(family)
         info = ModelInfo(
             name=fn.__name__,
             builder=fn,
@@ -180,6 +246,10 @@ def register_model(
             description=doc[0] if doc else "",
             params_note=params_note,
             deploy_form=deploy_form,
+            cpu_channels_last=(
+                facts.cpu_channels_last if cpu_channels_last is None else cpu_channels_last
+            ),
+            tiling=facts.tiling,
         )
         (registry or REGISTRY).add(info, aliases)
         return fn

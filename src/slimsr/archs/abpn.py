@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from slimsr.archs._detect import indices, pixelshuffle_scale
-from slimsr.registry import Detection, register_detector, register_model
+from slimsr.registry import Detection, register_detector, register_family, register_model
 
 
 class ABPN(nn.Module):
@@ -47,6 +47,11 @@ class ABPN(nn.Module):
             y = self.act(conv(y))
         y = self.convs[-1](y) + anchor
         return torch.clamp(self.shuffle(y), 0.0, 255.0)
+
+
+# CPU layout (channels_last / contiguous time at x2 / x3 / x4): abpn 0.76 / 0.69 / 0.80.
+# Tiling: a plain stack of 3x3 convs, purely local.
+register_family("abpn", cpu_channels_last=True, tiling="exact")
 
 
 @register_model(

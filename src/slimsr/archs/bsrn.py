@@ -11,37 +11,26 @@ The networks need LR inputs of at least 15x15 (see `ESA`).
 
 from __future__ import annotations
 
-import copy
 from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from slimsr.archs._compression import ArchSpec, Built, Dims, check_net
 from slimsr.archs._detect import has_all, indices, pixelshuffle_scale
 from slimsr.archs.blocks import (
     ESA,
-    Act,
     BSConvU,
     CCALayer,
     ChannelLinear,
-    ChannelsLastPixelShuffle,
     ConvFactory,
     DistillationBlock,
-    FusedConv,
-    FusedDistillation,
-    FusedModule,
     OneStepUpsampler,
-    Workspace,
-    as_pointwise_weight,
-    channels_last,
     conv1x1,
     conv3x3_down,
-    fused_conv,
-    fused_conv_add,
-    linear_of,
 )
-from slimsr.registry import Detection, register_detector, register_model
+from slimsr.registry import Detection, register_detector, register_family, register_model
 
 PAPER = "Li et al., Blueprint Separable Residual Network for Efficient Image SR, CVPRW 2022"
 LAYOUTS = ("bsrn", "bsrn_s")
@@ -141,85 +130,53 @@ class BSRN(nn.Module):
         trunk = self.GELU(self.c1(torch.cat(outs, dim=1)))
         return self.upsampler(self.c2(trunk) + fea)
 
-    def fuse_for_inference(self) -> FusedBSRN:
-        """A new inference-only module computing this forward faster (see `FusedBSRN`)."""
-        return FusedBSRN(self).eval()
+
+# -- compression (slimsr.compress) ------------------------------------------------------------
 
 
-class FusedESDB(FusedModule):
-    """An ESDB for inference: fused distillation + ESA, then CCA (BSRN) or the channel weights
-    folded into `conv_out` (BSRN-S), plus the block input."""
+class BSRNSpec(ArchSpec):
+    """BSRN and BSRN-S: N_c features, N_b ESDBs, N_l = 4 (fixed).
 
-    def __init__(self, block: ESDB) -> None:
-        super().__init__()
-        self.body = FusedDistillation(block, block.esa)
-        self.cca = copy.deepcopy(block.cca)
-        if block.cca is None:
-            w, b = linear_of(block.conv_out)
-            w = w * block.cw.detach().double().reshape(1, -1)  # (W diag(cw)) y = W (cw * y)
-            self.buffer("out_weight", as_pointwise_weight(w, block.cw))
-            self.buffer("out_bias", b.to(block.cw.dtype))
-
-    def forward(
-        self, x: Tensor, overwrite_input: bool = False, workspace: Workspace | None = None
-    ) -> Tensor:
-        """The block's output; with `overwrite_input` the BSRN-S sum may reuse `x`'s memory."""
-        y = self.body(x, workspace)
-        if self.cca is None:
-            return fused_conv_add(y, self.out_weight, self.out_bias, x, into_other=overwrite_input)
-        n, c = y.shape[:2]
-        flat = y.permute(0, 2, 3, 1).reshape(n, -1, c)  # a view: y is channels-last
-        mean = flat.mean(1)
-        std = (flat - mean[:, None]).square_().mean(1).sqrt_()
-        gate = self.cca.conv_du((mean + std).reshape(n, c, 1, 1))
-        return torch.addcmul(x, y, gate, out=y)
-
-
-class FusedBSRN(FusedModule):
-    """BSRN / BSRN-S for inference, built from a trained `BSRN`; same outputs to float rounding.
-
-    Channels-last throughout; the 4-fold input replication folded into the stem's pointwise
-    weights; the trunk's 1x1 over concat(B1..Bn) a running sum over the block outputs (so no
-    block output outlives the next block); blocks as `FusedESDB`. Inference only: it holds
-    derived tensors, no parameters, and loads no state dict.
+    An ESDB has three BSRB steps and a fourth BSConv before its 1x1 fusion (the conv before the
+    output), a fixed structure: N_l stays 4 and the budget goes to N_b and N_c. Widths are
+    multiples of 4 (the blocks split C/2 and ESA works on C/4), at least 16 (CCA's C/16).
     """
 
-    def __init__(self, net: BSRN) -> None:
-        super().__init__()
-        pw_w, _ = linear_of(net.fea_conv.pw)
-        c_in = pw_w.shape[1] // 4
-        replicated = sum(pw_w[:, k * c_in : (k + 1) * c_in] for k in range(4))
-        self.fea_conv = FusedConv(net.fea_conv, pw_weight=replicated)
-        self.blocks = nn.ModuleList(
-            FusedESDB(getattr(net, f"B{i}")) for i in range(1, net.num_block + 1)
-        )
-        w1, b1 = linear_of(net.c1)
-        ref = net.upsampler.upsampleOneStep[0].weight
-        feat = w1.shape[0]
-        for i in range(net.num_block):
-            self.buffer(f"c1_weight{i}", as_pointwise_weight(w1[:, i * feat : (i + 1) * feat], ref))
-        self.buffer("c1_bias", b1.to(ref.dtype))
-        self.act = Act.of(net.GELU)
-        self.c2 = FusedConv(net.c2)
-        self.upsampler = FusedConv(net.upsampler.upsampleOneStep[0])
-        self.shuffle = ChannelsLastPixelShuffle(net.upsampler.upsampleOneStep[1].upscale_factor)
+    family = "bsrn"
+    deep_feature = "ESDB blocks B1..Bn, the fusion c1 and the conv c2 (weights only)"
+    meaning = "N_c = features, N_l = 4 (fixed ESDB structure), N_b = ESDB blocks"
+    min_channels = 16
+    _LAYERS = 4
 
-    def forward(self, x: Tensor) -> Tensor:
-        fea = self.fea_conv(channels_last(x))
-        out, trunk = fea, None
-        workspace = Workspace()
-        for i, block in enumerate(self.blocks):
-            out = block(
-                out, overwrite_input=i > 0, workspace=workspace
-            )  # B1's input is the stem, needed at the end
-            w = getattr(self, f"c1_weight{i}")
-            if trunk is None:
-                trunk = fused_conv(out, w, self.c1_bias)
-            else:
-                trunk = fused_conv_add(out, w, None, trunk, into_other=True)
-        assert trunk is not None
-        lr = self.c2.add(self.act(trunk), fea, overwrite=True)
-        return self.shuffle(self.upsampler(lr))
+    def dims(self, model: Built) -> Dims:
+        net = check_net(model, BSRN, self)
+        return Dims(net.upsampler.upsampleOneStep[0].in_channels, self._LAYERS, net.num_block)
+
+    def is_deep_feature(self, name: str) -> bool:
+        block = name.split(".", 1)[0]
+        is_block = block[:1] == "B" and block[1:].isdigit()
+        return name.endswith("weight") and (is_block or name.startswith(("c1.", "c2.")))
+
+    def layer_bounds(self, dims: Dims) -> tuple[int, int | None]:
+        return self._LAYERS, self._LAYERS
+
+    def channel_multiple(self, model: Built) -> int:
+        return 4
+
+    def compact(self, model: Built, dims: Dims) -> tuple[str, dict[str, Any]]:
+        return model.name, {
+            **model.kwargs,
+            "num_feat": dims.channels,
+            "num_block": dims.blocks,
+        }
+
+
+# CPU layout of the plain graph (channels_last / contiguous time at x2 / x3 / x4): bsrn 0.92 /
+# 0.96 / 0.97, bsrn_s 1.01 / 0.98 / 0.97: not faster at every scale (its concatenations and, at
+# one thread, its 1x1 convs, which PyTorch then runs as NCHW GEMMs with a layout copy each way).
+# Its fused form (`slimsr.fused.bsrn`) is channels-last and much faster than either.
+# Tiling: ESA pools over large windows and CCA averages over the whole image.
+register_family("bsrn", cpu_channels_last=False, tiling="approximate", compression=BSRNSpec())
 
 
 @register_model(

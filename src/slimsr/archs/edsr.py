@@ -11,14 +11,15 @@ BasicSR-keyed files of those sizes are translated on load. `edsrmini` (the compr
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from slimsr.archs._compression import ArchSpec, Built, Dims, check_net, weights_under
 from slimsr.archs._detect import count_indices
 from slimsr.archs.blocks import PixelShuffleUpsampler, conv3x3
-from slimsr.registry import Detection, register_detector, register_model
+from slimsr.registry import Detection, register_detector, register_family, register_model
 
 DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
 PAPER = "Lim et al., Enhanced Deep Residual Networks for Single Image SR, CVPRW 2017"
@@ -111,6 +112,50 @@ class EDSRBasicSR(nn.Module):
         x = self.conv_first((x - mean) * self.img_range)
         x = self.conv_after_body(self.body(x)) + x
         return self.conv_last(self.upsample(x)) / self.img_range + mean
+
+
+# -- compression (slimsr.compress) ------------------------------------------------------------
+
+
+class EDSRSpec(ArchSpec):
+    """EDSR, EDSR-baseline, EDSRmini: N_c features, N_b residual blocks, N_l = 1.
+
+    A residual block is conv-ReLU-conv: one layer plus the conv before its output, so N_l = 1
+    and only 1 can be built. The compact model is always `edsrmini` (the BasicSR layout the
+    paper's EDSRmini uses, without the official layout's 24 frozen mean-shift parameters).
+    """
+
+    family = "edsr"
+    deep_feature = "residual blocks and the conv closing the body (weights only)"
+    meaning = "N_c = features, N_l = 1 (conv-ReLU-conv blocks), N_b = residual blocks"
+    _SIZE_KEYS = ("num_feat", "num_block")
+    _MINI_DEFAULTS: ClassVar[dict[str, int]] = {"num_feat": 16, "num_block": 8}
+
+    def dims(self, model: Built) -> Dims:
+        net = check_net(model, (EDSR, EDSRBasicSR), self)
+        if isinstance(net, EDSR):
+            return Dims(net.head[0].out_channels, 1, len(net.body) - 1)
+        return Dims(net.conv_first.out_channels, 1, len(net.body))
+
+    def is_deep_feature(self, name: str) -> bool:
+        return weights_under(name, ("body.", "conv_after_body."))
+
+    def layer_bounds(self, dims: Dims) -> tuple[int, int | None]:
+        return 1, 1
+
+    def compact(self, model: Built, dims: Dims) -> tuple[str, dict[str, Any]]:
+        kwargs: dict[str, Any] = {}
+        if model.name == "edsrmini":  # keep its other settings (res_scale, img_range)
+            kwargs = {k: v for k, v in model.kwargs.items() if k not in self._SIZE_KEYS}
+        for key, value in (("num_feat", dims.channels), ("num_block", dims.blocks)):
+            if value != self._MINI_DEFAULTS[key]:
+                kwargs[key] = value
+        return "edsrmini", kwargs
+
+
+# CPU layout (channels_last / contiguous time at x2 / x3 / x4): edsr_baseline 0.90 / 0.77 /
+# 0.81, edsrmini 0.83 / 0.70 / 0.73. Tiling: residual blocks of 3x3 convs, purely local.
+register_family("edsr", cpu_channels_last=True, tiling="exact", compression=EDSRSpec())
 
 
 @register_model(

@@ -26,17 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from slimsr.archs._compression import ArchSpec, Built, Dims, check_net, weights_under
 from slimsr.archs._detect import has_all, indices, pixelshuffle_scale
-from slimsr.archs.blocks import (
-    Act,
-    ChannelsLastPixelShuffle,
-    FusedConv,
-    FusedModule,
-    OneStepUpsampler,
-    channels_last,
-    conv3x3,
-)
-from slimsr.registry import Detection, register_detector, register_model
+from slimsr.archs.blocks import OneStepUpsampler, conv3x3
+from slimsr.registry import Detection, register_detector, register_family, register_model
 
 NEG_SLOPE = 0.1
 PAPER = (
@@ -240,68 +233,6 @@ class FMEN(_FMENBase):
     def _hfab(self, n_feats: int, up_blocks: int, mid_feats: int, ratio: int) -> nn.Module:
         return HFAB(n_feats, up_blocks, mid_feats)
 
-    def fuse_for_inference(self) -> FusedFMEN:
-        """A new inference-only module computing this forward faster (see `FusedFMEN`)."""
-        return FusedFMEN(self).eval()
-
-
-_LEAKY = Act("leaky_relu", NEG_SLOPE)
-
-
-class FusedERB(FusedModule):
-    """conv2(act(conv1(x))), the activation fused into conv1; `act` optionally after conv2."""
-
-    def __init__(self, erb: ERB) -> None:
-        super().__init__()
-        self.conv1 = FusedConv(erb.conv1.rep_conv)
-        self.conv2 = FusedConv(erb.conv2.rep_conv)
-
-    def forward(self, x: Tensor, act: Act | None = None) -> Tensor:
-        y = self.conv1(x, _LEAKY)
-        return self.conv2(y, act) if act is not None else self.conv2(y)
-
-
-class FusedHFAB(FusedModule):
-    """x * sigmoid(branch(x)), every activation a conv post-op, the product in place."""
-
-    def __init__(self, hfab: HFAB) -> None:
-        super().__init__()
-        self.squeeze = FusedConv(hfab.squeeze)
-        self.convs = nn.ModuleList(FusedERB(e) for e in hfab.convs)
-        self.excitate = FusedConv(hfab.excitate)
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = self.squeeze(x, _LEAKY)
-        if len(self.convs) == 0:
-            y = _LEAKY(y)
-        for i, erb in enumerate(self.convs):
-            y = erb(y, _LEAKY if i == len(self.convs) - 1 else None)
-        return self.excitate(y, Act("sigmoid")).mul_(x)
-
-
-class FusedFMEN(FusedModule):
-    """FMEN (deploy form) for inference, built from a trained `FMEN`; same outputs to float
-    rounding: channels-last, activations as conv post-ops, the attention product and the long
-    skip in place. Inference only: derived tensors, no parameters, no state dict."""
-
-    def __init__(self, net: FMEN) -> None:
-        super().__init__()
-        self.head = FusedConv(net.head)
-        self.warmup_conv = FusedConv(net.warmup[0])
-        self.warmup_hfab = FusedHFAB(net.warmup[1])
-        self.erbs = nn.ModuleList(FusedERB(e) for e in net.ERBs)
-        self.hfabs = nn.ModuleList(FusedHFAB(h) for h in net.HFABs)
-        self.lr_conv = FusedConv(net.lr_conv)
-        self.tail = FusedConv(net.tail[0])
-        self.shuffle = ChannelsLastPixelShuffle(net.tail[1].upscale_factor)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.head(channels_last(x))
-        h = self.warmup_hfab(self.warmup_conv(x))
-        for erb, hfab in zip(self.erbs, self.hfabs, strict=True):
-            h = hfab(erb(h))
-        return self.shuffle(self.tail(self.lr_conv.add(h, x, overwrite=True)))
-
 
 class TrainFMEN(_FMENBase):
     """FMEN in train form (official `TRAIN_FMEN`): RRRBs + BatchNorm; RGB in [0,255].
@@ -338,6 +269,54 @@ _FULL_NOTE = (
 )
 
 
+# -- compression (slimsr.compress) ------------------------------------------------------------
+
+
+class FMENSpec(ArchSpec):
+    """FMEN / FMEN-S (deploy or train form): N_c = n_feats, N_b = ERB-HFAB pairs, N_l = 1.
+
+    A pair is an ERB (two convs: one layer plus the conv before its output, like an EDSR
+    block) and an HFAB attention branch; the structure is fixed, so N_l stays 1. The HFAB width
+    `mid_feats` follows N_c in proportion (at least 5: the warm-up HFAB uses mid_feats - 4).
+    """
+
+    family = "fmen"
+    deep_feature = "warm-up, ERB and HFAB blocks and lr_conv (weights only)"
+    meaning = "N_c = n_feats, N_l = 1 (fixed ERB structure), N_b = ERB-HFAB pairs"
+    min_channels = 4
+
+    def dims(self, model: Built) -> Dims:
+        net = check_net(model, (FMEN, TrainFMEN), self)
+        return Dims(net.hparams["n_feats"], 1, net.hparams["down_blocks"])
+
+    def is_deep_feature(self, name: str) -> bool:
+        return weights_under(name, ("warmup.", "ERBs.", "HFABs.", "lr_conv."))
+
+    def layer_bounds(self, dims: Dims) -> tuple[int, int | None]:
+        return 1, 1
+
+    def compact(self, model: Built, dims: Dims) -> tuple[str, dict[str, Any]]:
+        hp = check_net(model, (FMEN, TrainFMEN), self).hparams
+        up = list(hp["up_blocks"])
+        pairs = up[1:] + [up[-1]] * max(0, dims.blocks - (len(up) - 1))
+        mid = max(5, round(hp["mid_feats"] * dims.channels / hp["n_feats"]))
+        return model.name, {
+            **model.kwargs,
+            "n_feats": dims.channels,
+            "down_blocks": dims.blocks,
+            "up_blocks": [up[0], *pairs[: dims.blocks]],
+            "mid_feats": mid,
+        }
+
+
+# CPU layout (channels_last / contiguous time at x2 / x3 / x4): fmen 0.94 / 0.91 / 0.87, fmen_s
+# 0.75 / 0.76 / 0.73; the train-time forms are the exception (`cpu_channels_last=False` below):
+# fmen_s_train 0.98 / 1.00 / 0.98, fmen_train 1.13 / 1.34 / 1.37 (they pad every RRRB and BN input
+# into a freshly built NCHW tensor, so NHWC weights probably pay a reorder per conv).
+# Tiling: 3x3 convs and a per-pixel attention gate, purely local.
+register_family("fmen", cpu_channels_last=True, tiling="exact", compression=FMENSpec())
+
+
 @register_model(
     family="fmen",
     input_range=255.0,
@@ -369,6 +348,7 @@ def fmen(scale: int, **kwargs: Any) -> FMEN:
     paper=PAPER,
     params_note="train-time form (RRRB + BatchNorm), 1,045,866 params at x4; folds into fmen_s",
     deploy_form="fmen_s",
+    cpu_channels_last=False,  # measured slower in NHWC (above)
 )
 def fmen_s_train(scale: int, **kwargs: Any) -> TrainFMEN:
     """FMEN-S, train-time form (RRRBs + BatchNorm); re-parameterise into fmen_s to deploy."""
@@ -382,6 +362,7 @@ def fmen_s_train(scale: int, **kwargs: Any) -> TrainFMEN:
     paper=PAPER,
     params_note="train-time form (RRRB + BatchNorm); folds into fmen. " + _FULL_NOTE,
     deploy_form="fmen",
+    cpu_channels_last=False,  # measured slower in NHWC (above)
 )
 def fmen_train(scale: int, **kwargs: Any) -> TrainFMEN:
     """FMEN, train-time form (RRRBs + BatchNorm); re-parameterise into fmen to deploy."""

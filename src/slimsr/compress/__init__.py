@@ -1,5 +1,6 @@
 """Model compression (Jiang et al. 2024): prune -> size -> distil, for any model whose family
-declares its (N_c, N_l, N_b) in `slimsr.compress.specs`. `slimsr compress` is the front."""
+declares its (N_c, N_l, N_b) (an `ArchSpec` in its `archs/<family>.py`, looked up by
+`slimsr.compress.specs`). `slimsr compress` is the front."""
 
 from __future__ import annotations
 
