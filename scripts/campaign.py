@@ -30,7 +30,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from slimsr.fileio import atomic_path, atomic_write_text
 from slimsr.train.checkpoint import latest_checkpoint, list_checkpoints
@@ -45,6 +45,12 @@ RUN_FILES = (
     "report.json",
 )
 STAGES = ("prune", "distill")
+
+
+def fail(message: str) -> NoReturn:
+    """One line on stderr, exit 2 (the project's convention for bad input)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def training_folders(run: Path) -> list[Path]:
@@ -117,7 +123,7 @@ def progress_markdown(run: Path, parts: list[dict[str, Any]]) -> str:
 def save(run: Path, dest: Path) -> None:
     folders = training_folders(run)
     if not folders and not any((run / f).exists() for f in RUN_FILES):
-        sys.exit(f"error: {run} is not a slimsr run folder (no train.jsonl, no recipe)")
+        fail(f"{run} is not a slimsr run folder (no train.jsonl, no recipe)")
     for name in RUN_FILES:
         if (run / name).exists():
             copy_file(run / name, dest / name)
@@ -146,12 +152,12 @@ def save(run: Path, dest: Path) -> None:
 
 def restore(src: Path, run: Path) -> None:
     if not src.is_dir():
-        sys.exit(f"error: {src} is not a saved campaign folder")
+        fail(f"{src} is not a saved campaign folder")
     for folder in [src, *(src / s for s in STAGES)]:
         saved = latest_checkpoint(folder / "checkpoints")
         here = latest_checkpoint(run / folder.relative_to(src) / "checkpoints")
         if saved is not None and here is not None and here.name > saved.name:
-            sys.exit(f"error: {here} is newer than the saved {saved.name}; nothing restored")
+            fail(f"{here} is newer than the saved {saved.name}; nothing restored")
     for path in sorted(src.rglob("*")):
         if path.is_file() and path.name != "PROGRESS.md":
             copy_file(path, run / path.relative_to(src))

@@ -26,7 +26,9 @@ def load_campaign():
     return module
 
 
-def test_saved_run_restored_in_a_new_place_continues_bit_exactly(tmp_path: Path) -> None:
+def test_saved_run_restored_in_a_new_place_continues_bit_exactly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     campaign = load_campaign()
     over = {"train__iterations": 8, "logging__checkpoint_every": 2, "logging__keep_checkpoints": 3}
     straight = train(load_config(tiny_recipe(tmp_path, "straight", **over)))
@@ -58,5 +60,7 @@ def test_saved_run_restored_in_a_new_place_continues_bit_exactly(tmp_path: Path)
     assert_same_optimizer(a["optimizer"], b["optimizer"])
 
     # a restore never replaces a newer state with an older one
-    with pytest.raises(SystemExit, match="newer"):
+    with pytest.raises(SystemExit) as stop:
         campaign.restore(saved, resumed.run_dir)
+    assert stop.value.code == 2
+    assert "newer" in capsys.readouterr().err

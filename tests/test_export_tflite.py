@@ -12,7 +12,6 @@ import pytest
 import torch
 
 import slimsr
-from slimsr.cli import main
 from slimsr.evaluate import pair_folders
 from slimsr.export import tflite as qtflite
 from slimsr.export.calibration import calibration_crops
@@ -22,6 +21,7 @@ from slimsr.export.verify import smooth_test_images
 from slimsr.imaging import read_image, write_image
 from slimsr.metrics import evaluate_pair
 from tests.conftest import official_weight, shared_file
+from tests.test_export_onnx import cli_in_process
 
 OFFICIAL_SET5_RGB = {"abpn_x3_int8_ptq.tflite": 31.404, "abpn_x3_int8_qat.tflite": 31.468}
 """Set5 x3 mean RGB PSNR of the official files (INT8_ROUTES.md, measured with LiteRT)."""
@@ -38,14 +38,7 @@ def needs_runtime() -> None:
 
 def cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
     """`slimsr ARGS` in this process: exit code, stdout, stderr."""
-    monkeypatch.setattr(sys, "argv", ["slimsr", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return cli_in_process(monkeypatch, capsys, *args)
 
 
 def set5_psnr(runners: list) -> np.ndarray:

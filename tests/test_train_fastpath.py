@@ -34,6 +34,8 @@ from tests.train_utils import final_state, tiny_recipe
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 CPU = torch.device("cpu")
+AUTO = {"memory_format": "auto", "attention": "auto", "optimizer_impl": "auto", "compile": "auto"}
+"""A fast_path section left to the measured defaults."""
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -141,12 +143,7 @@ def test_plan_defaults_overrides_and_saved_choice() -> None:
     info = get_model_info("edsrmini")
     net = create_model("edsrmini", 2).net
     swin = create_model("swinirmini", 2).net
-    auto = {
-        "memory_format": "auto",
-        "attention": "auto",
-        "optimizer_impl": "auto",
-        "compile": "auto",
-    }
+    auto = dict(AUTO)
     plan = resolve_plan(auto, info, net, CPU, own_step=False)
     assert plan == StepPlan(default_memory_format(info, CPU), None, "foreach")
     assert plan.memory_format == "channels_last"
@@ -233,12 +230,7 @@ def test_compiled_step_forward_equals_eager() -> None:
 def test_compile_choice_and_its_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     info = get_model_info("edsrmini")
     net = create_model("edsrmini", 2).net
-    auto = {
-        "memory_format": "auto",
-        "attention": "auto",
-        "optimizer_impl": "auto",
-        "compile": "auto",
-    }
+    auto = dict(AUTO)
     assert resolve_plan(auto, info, net, CPU, own_step=False).compile is False
     saved = StepPlan("contiguous", None, "foreach", compile=True).as_dict()
     assert resolve_plan(auto, info, net, CPU, False, saved=saved).compile is True
