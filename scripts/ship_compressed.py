@@ -28,7 +28,8 @@ from shipping import REPO_ROOT, copy_portable, portable_meta
 
 import slimsr
 from slimsr.checkpoints import read_checkpoint, save_weights
-from slimsr.evaluate import dataset_from_root, evaluate_dataset
+from slimsr.data.folders import dataset_from_root
+from slimsr.evaluate import evaluate_dataset
 from slimsr.fileio import atomic_write_text
 
 COMPRESSED = REPO_ROOT / "src" / "slimsr" / "weights" / "compressed"

@@ -14,7 +14,7 @@ import torch
 
 import slimsr
 from slimsr.cli import main
-from slimsr.evaluate import pair_folders
+from slimsr.data.folders import pair_folders
 from slimsr.imaging import imresize, read_image, write_image
 from slimsr.metrics import evaluate_pair
 from slimsr.quant import OnnxError, OnnxUpscaler, calibration_crops, export_onnx

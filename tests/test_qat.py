@@ -15,7 +15,7 @@ import torch
 from pydantic import ValidationError
 
 import slimsr
-from slimsr.evaluate import pair_folders
+from slimsr.data.folders import pair_folders
 from slimsr.imaging import read_image
 from slimsr.metrics import evaluate_pair
 from slimsr.quant.graph import QuantError, UnsupportedOpError, plain_graph

@@ -13,7 +13,7 @@ import torch
 
 import slimsr
 from slimsr.cli import main
-from slimsr.evaluate import pair_folders
+from slimsr.data.folders import pair_folders
 from slimsr.imaging import read_image, write_image
 from slimsr.metrics import evaluate_pair
 from slimsr.quant import tflite as qtflite

@@ -14,17 +14,15 @@ from rich.table import Table
 
 from slimsr.cli.app import Command, app
 from slimsr.cli.checks import check_output_folder
+from slimsr.data.folders import PairedFolder, dataset_from_root, pair_folders
 from slimsr.errors import SlimsrError
 from slimsr.evaluate import (
-    Dataset,
     DatasetResult,
     Row,
     Upscaler,
     bicubic_upscaler,
-    dataset_from_root,
     evaluate_dataset,
     model_upscaler,
-    pair_folders,
     self_ensemble,
 )
 from slimsr.factory import create_model, load
@@ -82,7 +80,7 @@ def resolve_model(
 
 def collect_datasets(
     data: list[Path], hr: list[Path], lr: list[Path], scale: int, generate_lr: bool
-) -> list[Dataset]:
+) -> list[PairedFolder]:
     if lr and len(lr) != len(hr):
         raise SlimsrError("give one --lr per --hr (or none, to generate LR from HR)")
     sets = [dataset_from_root(root, scale, generate_lr) for root in data]
