@@ -12,6 +12,8 @@ import math
 import os
 from pathlib import Path
 
+import torch
+
 from slimsr.errors import SlimsrError
 
 MAX_OUTSCALE = 16.0
@@ -87,3 +89,23 @@ def check_output_folder(out: Path, option: str = "-o") -> None:
 def inside(path: Path, folder: Path) -> bool:
     """True when `path` resolves to a place inside `folder` (symlinks followed)."""
     return path.resolve().is_relative_to(folder.resolve())
+
+
+def resolve_device(device: str) -> torch.device:
+    """`--device` of every command: auto (CUDA if available, else the CPU), cpu, cuda, cuda:N."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SlimsrError("--device cuda asked for, but no CUDA device is available")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise SlimsrError(f"unknown device {device!r} (use auto, cpu or cuda)") from None
+
+
+def resolve_dtype(fp16: bool, bf16: bool) -> torch.dtype:
+    """`--fp16` / `--bf16` -> the dtype (whether the model and device allow it is checked by
+    `slimsr.inference.check_inference_dtype`, the library's one refusal)."""
+    if fp16 and bf16:
+        raise SlimsrError("choose one of --fp16 and --bf16")
+    return torch.float16 if fp16 else torch.bfloat16 if bf16 else torch.float32
