@@ -531,13 +531,6 @@ def upscale_image(
     if isinstance(model, nn.Module):
         model = copy.deepcopy(model)
     net = ready_for_upscale(model, device, dtype)
-    opts = UpscaleOptions(
-        tile=tile,
-        overlap=overlap,
-        outscale=outscale,
-        device=device,
-        dtype=dtype,
-        memory_budget_mb=memory_budget_mb,
-    )
+    opts = UpscaleOptions(tile, overlap, outscale, device, dtype, memory_budget_mb)
     samples = upscale_samples(net, img, opts, bit_depth=8)
     return PILImage.fromarray(samples[..., 0] if samples.shape[-1] == 1 else samples)
