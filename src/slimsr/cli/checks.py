@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from slimsr.errors import SlimsrError
+from slimsr.errors import SlimsrError, UnsupportedDtypeError
 
 MAX_OUTSCALE = 16.0
 """Largest `--outscale`: beyond it an 8-bit photo only gets blurrier while memory explodes."""
@@ -109,3 +109,18 @@ def resolve_dtype(fp16: bool, bf16: bool) -> torch.dtype:
     if fp16 and bf16:
         raise SlimsrError("choose one of --fp16 and --bf16")
     return torch.float16 if fp16 else torch.bfloat16 if bf16 else torch.float32
+
+
+def check_precision(model: object, dtype: torch.dtype, device: torch.device) -> None:
+    """`--fp16` / `--bf16` for this model on this device, refused before any work.
+
+    The rule is the library's (`slimsr.inference.check_inference_dtype`: float16 needs CUDA,
+    architectures refuse unsafe precisions); the CLI only names the option in the message.
+    """
+    from slimsr.inference import check_inference_dtype
+
+    try:
+        check_inference_dtype(model, dtype, device)  # type: ignore[arg-type]
+    except UnsupportedDtypeError as exc:
+        option = "--fp16" if dtype == torch.float16 else "--bf16"
+        raise SlimsrError(f"{option}: {exc}") from None

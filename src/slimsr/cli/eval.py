@@ -13,7 +13,12 @@ from rich.console import Console
 from rich.table import Table
 
 from slimsr.cli.app import Command, app
-from slimsr.cli.checks import check_output_folder, resolve_device, resolve_dtype
+from slimsr.cli.checks import (
+    check_output_folder,
+    check_precision,
+    resolve_device,
+    resolve_dtype,
+)
 from slimsr.cli.loading import load_model
 from slimsr.data.folders import PairedFolder, dataset_from_root, pair_folders
 from slimsr.errors import SlimsrError
@@ -27,7 +32,6 @@ from slimsr.evaluate import (
     self_ensemble,
 )
 from slimsr.fileio import atomic_write_text
-from slimsr.inference import check_inference_dtype
 from slimsr.metrics import PROTOCOLS
 from slimsr.model import SRModel
 from slimsr.quant.runtime import Runner
@@ -203,7 +207,7 @@ def eval_command(
     if net is None:
         upscale, dtype = bicubic_upscaler(scale), torch.float32
     else:
-        check_inference_dtype(net, dtype, dev)
+        check_precision(net, dtype, dev)
         if isinstance(net, SRModel):  # the fast inference path: fused form, measured layout
             upscale = model_upscaler(net, dev, dtype, fuse=None if fuse else False)
         else:

@@ -152,11 +152,13 @@ def profile_command(
     if input_size is not None and output_size is not None:
         raise SlimsrError("give --input or --output, not both")
     net = _resolve(model, scale, weights)
+    # --fp16 / --bf16 are refused by `profile_model` only when it runs the model (counts work)
+    dev, dtype = resolve_device(device), resolve_dtype(fp16, bf16)
     report = profile_model(
         net,
         input_hw=parse_size(input_size) if input_size else None,
         output_hw=parse_size(output_size) if output_size else None,
-        device=resolve_device(device),
+        device=dev,
         threads=threads,
         warmup=warmup,
         repeats=repeats,
@@ -165,7 +167,7 @@ def profile_command(
         fuse=fuse,
         runtime=not no_runtime,
         memory=not no_memory,
-        dtype=resolve_dtype(fp16, bf16),
+        dtype=dtype,
     )
     Console(markup=False, highlight=False, width=150).print(report_table(report))
     warning = busy_cpu_warning(report.settings) if report.runtime else None

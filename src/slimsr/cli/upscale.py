@@ -19,6 +19,7 @@ from slimsr.cli.checks import (
     check_file_name_part,
     check_output_folder,
     check_outscale,
+    check_precision,
     check_tile,
     inside,
     resolve_device,
@@ -27,7 +28,6 @@ from slimsr.cli.checks import (
 from slimsr.cli.loading import load_model
 from slimsr.errors import SlimsrError
 from slimsr.imaging import SUFFIXES, list_images, read_image
-from slimsr.inference import check_inference_dtype
 from slimsr.model import SRModel
 from slimsr.profile import resident_mb
 from slimsr.quant.runtime import Runner
@@ -200,7 +200,7 @@ def upscale_command(
     if dev.type == "cuda" and "WORLD_SIZE" in os.environ:
         dev = torch.device("cuda", local_rank)  # one GPU per torchrun process
     net = pick_model(model, weights, scale)
-    check_inference_dtype(net, dtype, dev)
+    check_precision(net, dtype, dev)
     check_tile(tile, overlap, net)
     suffix = suffix if suffix is not None else f"x{outscale or net.scale:g}"
     planned = plan_outputs(files, out, suffix, ext)  # every rank checks every name
