@@ -19,7 +19,8 @@ from pathlib import Path
 from shipping import copy_portable, copy_portable_weights
 
 import slimsr
-from slimsr.evaluate import dataset_from_root, evaluate_dataset
+from slimsr.data.folders import dataset_from_root
+from slimsr.evaluate import evaluate_dataset
 from slimsr.fileio import atomic_write_text
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "slimsr" / "weights"

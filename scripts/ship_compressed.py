@@ -6,9 +6,9 @@ Takes the run's stage-3 artifact `student.safetensors` (the final EMA weights of
 distillation; never a Set5-selected checkpoint) and writes, under
 `src/slimsr/weights/compressed/`, `{model}_x{S}.safetensors` + `.json` (the weights and their
 sidecar), `.compress.yaml` (the resolved recipe), `.density.json`, `.report.json` and
-`.metrics.json`: Set5 and Set14 Y-PSNR / SSIM under the BasicSR protocol (Set5 from its
-MATLAB-made LR files, Set14 with LR made by slimsr's MATLAB-exact bicubic) next to the paper's
-figures. Every file is written atomically, with the paths it records made portable (the shared
+`.metrics.json`: Set5, Set14 and B100 Y-PSNR / SSIM under the BasicSR protocol (Set5 from its
+MATLAB-made LR files, Set14 and B100 with LR made by slimsr's MATLAB-exact bicubic) next to the
+paper's figures. Every file is written atomically, with the paths it records made portable (the shared
 folder as `../shared`, files inside this repository relative to its root; see shipping.py).
 Buffers that loading rebuilds from the architecture (SwinIR's shifted-window masks and position
 indices) are left out of the shipped weights, after checking that the slim file reloads to
@@ -28,7 +28,8 @@ from shipping import REPO_ROOT, copy_portable, portable_meta
 
 import slimsr
 from slimsr.checkpoints import read_checkpoint, save_weights
-from slimsr.evaluate import dataset_from_root, evaluate_dataset
+from slimsr.data.folders import dataset_from_root
+from slimsr.evaluate import evaluate_dataset
 from slimsr.fileio import atomic_write_text
 
 COMPRESSED = REPO_ROOT / "src" / "slimsr" / "weights" / "compressed"
@@ -42,7 +43,7 @@ PAPER = {
 
 def measure(model: slimsr.SRModel, shared: Path, scale: int) -> dict:
     results = {}
-    for name, generate in (("Set5", False), ("Set14", True)):
+    for name, generate in (("Set5", False), ("Set14", True), ("B100", True)):
         root = shared / "datasets" / name
         res = evaluate_dataset(model, dataset_from_root(root, scale, generate_lr=generate), scale)
         results[name] = {

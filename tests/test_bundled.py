@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from slimsr.evaluate import dataset_from_root, evaluate_dataset
+from slimsr.data.folders import dataset_from_root
+from slimsr.evaluate import evaluate_dataset
 from slimsr.imaging import read_image
 from slimsr.tiling import upscale_tiled
 from slimsr.weights import bundled_path, bundled_scales, default_model

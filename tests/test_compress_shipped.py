@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 import slimsr
-from slimsr.evaluate import dataset_from_root, evaluate_dataset
+from slimsr.data.folders import dataset_from_root
+from slimsr.evaluate import evaluate_dataset
 from tests.conftest import shared_file
 
 COMPRESSED = Path(slimsr.__file__).resolve().parent / "weights" / "compressed"

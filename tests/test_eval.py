@@ -12,13 +12,8 @@ import torch
 import torch.nn.functional as F
 
 import slimsr
-from slimsr.evaluate import (
-    bicubic_upscaler,
-    dataset_from_root,
-    evaluate_dataset,
-    pair_folders,
-    self_ensemble,
-)
+from slimsr.data.folders import dataset_from_root, pair_folders
+from slimsr.evaluate import bicubic_upscaler, evaluate_dataset, self_ensemble
 from slimsr.imaging import write_image
 from tests.conftest import official_weight, shared_file
 

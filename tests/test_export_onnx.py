@@ -14,7 +14,7 @@ import torch
 
 import slimsr
 from slimsr.cli import main
-from slimsr.evaluate import pair_folders
+from slimsr.data.folders import pair_folders
 from slimsr.export import OnnxError, OnnxUpscaler, calibration_crops, export_onnx
 from slimsr.export import common as ecommon
 from slimsr.export import onnx as qonnx

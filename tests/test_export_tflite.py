@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import slimsr
-from slimsr.evaluate import pair_folders
+from slimsr.data.folders import pair_folders
 from slimsr.export import tflite as qtflite
 from slimsr.export.calibration import calibration_crops
 from slimsr.export.common import TFLiteError

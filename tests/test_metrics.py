@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from slimsr.imaging.color import rgb_to_y, rgb_to_ycbcr, ycbcr_to_rgb
+from slimsr.imaging.color import rgb_to_ycbcr, ycbcr_to_rgb
 from slimsr.imaging.io import read_image
 from slimsr.imaging.resize import imresize, modcrop
 from slimsr.metrics import (
@@ -33,20 +33,21 @@ def _img(h: int = 32, w: int = 29, c: int = 3) -> np.ndarray:
 
 def test_y_of_white_and_black() -> None:
     white, black = torch.ones(3, 2, 2), torch.zeros(3, 2, 2)
-    torch.testing.assert_close(rgb_to_y(white) * 255, torch.full((1, 2, 2), 235.0))
-    torch.testing.assert_close(rgb_to_y(black) * 255, torch.full((1, 2, 2), 16.0))
+    torch.testing.assert_close(rgb_to_ycbcr(white)[:1] * 255, torch.full((1, 2, 2), 235.0))
+    torch.testing.assert_close(rgb_to_ycbcr(black)[:1] * 255, torch.full((1, 2, 2), 16.0))
     y = to_y_channel(np.array([[[255, 255, 255], [0, 0, 0]]], np.uint8))
     np.testing.assert_allclose(y[..., 0], [[235.0, 16.0]], rtol=0, atol=1e-4)
     # weights are the MATLAB ones (65.481 for red, not the 64.738 typo)
-    red = torch.zeros(3, 1, 1)
-    red[0] = 1
-    assert abs(rgb_to_y(red).item() * 255 - (65.481 + 16)) < 1e-4
+    red = np.array([[[255, 0, 0]]], np.uint8)
+    assert abs(to_y_channel(red).item() - (65.481 + 16)) < 1e-4
 
 
 def test_ycbcr_roundtrip_and_gray_axis() -> None:
     x = torch.rand(2, 3, 5, 6, dtype=torch.float64)
     ycc = rgb_to_ycbcr(x)
-    torch.testing.assert_close(ycc[:, :1], rgb_to_y(x))
+    y = (ycc[:, :1] * 255).numpy().transpose(0, 2, 3, 1)
+    expected = x.numpy().transpose(0, 2, 3, 1) @ [65.481, 128.553, 24.966] + 16
+    np.testing.assert_allclose(y[..., 0], expected, rtol=0, atol=1e-9)
     torch.testing.assert_close(ycbcr_to_rgb(ycc), x, rtol=0, atol=1e-12)
     gray = torch.full((3, 1, 1), 0.4, dtype=torch.float64)
     torch.testing.assert_close(rgb_to_ycbcr(gray)[1:] * 255, torch.full((2, 1, 1), 128.0).double())
@@ -61,7 +62,7 @@ def test_y_channel_follows_basicsr_float32_rounding() -> None:
     assert not np.array_equal(y[..., 0], np.round(y[..., 0]))  # not rounded
     torch.testing.assert_close(
         torch.from_numpy(y[..., 0]),
-        rgb_to_y(torch.from_numpy(img).permute(2, 0, 1).float() / 255)[0] * 255,
+        rgb_to_ycbcr(torch.from_numpy(img).permute(2, 0, 1).float() / 255)[0] * 255,
         rtol=0,
         atol=1e-4,
     )

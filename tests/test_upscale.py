@@ -14,6 +14,7 @@ from PIL import Image as PILImage
 import slimsr
 from slimsr.imaging import read_image, write_image
 from slimsr.upscale import UpscaleOptions, upscale_file, upscale_image
+from slimsr.weights import default_model
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +150,7 @@ def test_outscale_and_pil_api(tmp_path, weights) -> None:
     opts = UpscaleOptions(outscale=3.5)
     upscale_file(model, tmp_path / "a.png", tmp_path / "b.png", opts)
     assert read_image(tmp_path / "b.png").tensor.shape == (3, 35, 35)
-    im = upscale_image(PILImage.new("RGB", (9, 7), (120, 30, 200)), model, tile=4)
+    im = upscale_image(model, PILImage.new("RGB", (9, 7), (120, 30, 200)), tile=4)
     assert im.size == (18, 14)
 
 
@@ -183,3 +184,26 @@ def test_torchrun_splits_inputs_across_two_ranks(tmp_path, weights) -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{i}_x2.png" for i in range(5)]
     assert "(rank 0/2)" in out.stdout and "(rank 1/2)" in out.stdout
+
+
+def test_library_upscale_image_equals_the_command(tmp_path) -> None:
+    """`slimsr.upscale_image(model, path)` is `slimsr upscale`'s pipeline (fast path, border,
+    tiles, quantisation): the bundled model gives the same bytes both ways, for a file and for
+    the same picture handed over as a PIL image."""
+    rng = np.random.default_rng(3)
+    PILImage.fromarray(rng.integers(0, 256, (13, 11, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    res = run("a.png", "-o", "out", "-s", "2", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    cli = np.asarray(PILImage.open(tmp_path / "out" / "a_x2.png"))
+    model = default_model(2)
+    grads = [p.requires_grad for p in model.parameters()]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    from_path = np.asarray(slimsr.upscale_image(model, tmp_path / "a.png"))
+    assert from_path.shape == (26, 22, 3) and np.array_equal(from_path, cli)
+    from_pil = np.asarray(slimsr.upscale_image(model, PILImage.open(tmp_path / "a.png")))
+    assert np.array_equal(from_pil, cli)
+    # the caller's model is untouched (the inference form is built on a copy)
+    assert [p.requires_grad for p in model.parameters()] == grads
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(p.is_contiguous() for p in model.parameters())

@@ -5,7 +5,7 @@ Public API (everything else is an implementation detail):
     model = slimsr.load("bsrn_x2.pth")                 # architecture + scale detected from keys
     model = slimsr.create_model("fmen_s", scale=4, weights="fmen_s_x4.safetensors")
     sr = model(lr)                                     # float RGB in [0,1], NCHW, any size
-    pil = slimsr.upscale_image("photo.jpg", model)     # a picture: border, tiles, as the CLI
+    pil = slimsr.upscale_image(model, "photo.jpg")     # a picture, made as `slimsr upscale` does
     slimsr.upscale_file(model, "photo.png", "out/photo_x4.png")  # streamed, atomic
 """
 

@@ -1,8 +1,9 @@
-"""Benchmark evaluation: pair HR/LR files, run a model, score it the way the papers do.
+"""Benchmark evaluation: run a model on HR/LR pairs, score it the way the papers do.
 
 The protocol details that decide whether a number compares with a paper live in
 `slimsr.metrics` (quantisation, border crop, Y of BT.601) and `slimsr.imaging.resize` (MATLAB
-bicubic). This module only pairs files, runs the model and collects rows; a pair that does not
+bicubic); pairing files in folders lives in `slimsr.data.folders`. This module only runs the
+model on the pairs and collects rows; a pair that does not
 fit (missing LR, sizes that disagree with the scale) becomes a row with an error, never a silent
 skip, so a table always accounts for every HR image.
 """
@@ -18,32 +19,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from slimsr.data.folders import DataError, ImagePair, PairedFolder
 from slimsr.errors import SlimsrError
-from slimsr.imaging import imresize, list_images, modcrop, read_image, write_image
+from slimsr.imaging import imresize, modcrop, read_image, write_image
 from slimsr.metrics import evaluate_pair
 
 Upscaler = Callable[[Tensor], Tensor]
 """(1,3,h,w) float in [0,1] -> (1,3,h*s,w*s): a model, an ensemble, or bicubic."""
-
-
-class DatasetError(SlimsrError):
-    """An evaluation folder that is missing, empty, or laid out in a way we cannot pair."""
-
-
-@dataclass
-class Pair:
-    name: str
-    hr: Path
-    lr: Path | None  # None: LR is generated from HR with MATLAB bicubic
-
-
-@dataclass
-class Dataset:
-    """One benchmark set: its name, the pairs, and where the LR images come from."""
-
-    name: str
-    pairs: list[Pair]
-    lr_source: str
 
 
 @dataclass
@@ -81,66 +63,6 @@ class DatasetResult:
             "mean": {k: self.mean(k) for k in ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")},
             "rows": [asdict(r) for r in self.rows],
         }
-
-
-# -- pairing ------------------------------------------------------------------------------------
-
-
-def _match_lr(lr_files: dict[str, Path], stem: str, scale: int) -> Path | None:
-    for candidate in (stem, f"{stem}x{scale}", f"{stem}_x{scale}", f"{stem}X{scale}"):
-        if candidate in lr_files:
-            return lr_files[candidate]
-    return None
-
-
-def pair_folders(hr_dir: Path, lr_dir: Path | None, scale: int, name: str | None = None) -> Dataset:
-    """Pair every HR image with `<stem>.*` or `<stem>x<s>.*` in `lr_dir` (or none: generate).
-
-    An HR image without an LR partner keeps a pair whose LR path does not exist; evaluation
-    reports it by name.
-    """
-    hr_dir = Path(hr_dir)
-    if not hr_dir.is_dir():
-        raise DatasetError(f"{hr_dir}: HR folder not found")
-    hr_files = list_images(hr_dir)
-    if not hr_files:
-        raise DatasetError(f"{hr_dir}: no images in the HR folder")
-    lr_files: dict[str, Path] = {}
-    if lr_dir is not None:
-        if not Path(lr_dir).is_dir():
-            raise DatasetError(f"{lr_dir}: LR folder not found")
-        lr_files = {p.stem: p for p in list_images(lr_dir)}
-    pairs = []
-    for hr in hr_files:
-        lr = None
-        if lr_dir is not None:
-            lr = _match_lr(lr_files, hr.stem, scale) or Path(lr_dir) / f"{hr.stem}x{scale}.png"
-        pairs.append(Pair(hr.stem, hr, lr))
-    source = str(lr_dir) if lr_dir is not None else "generated (MATLAB bicubic, uint8)"
-    default_name = hr_dir.parent.name if hr_dir.name.upper() == "HR" else hr_dir.name
-    return Dataset(name or default_name, pairs, source)
-
-
-LR_LAYOUTS = ("LR_bicubic/X{s}", "LR_bicubic_huang2015/X{s}", "LR/X{s}", "LR_bicubic/x{s}")
-
-
-def dataset_from_root(root: Path, scale: int, generate_lr: bool = False) -> Dataset:
-    """A benchmark folder laid out as `ROOT/HR` + `ROOT/LR_bicubic/X{s}` (or Huang et al.'s).
-
-    The first LR layout that exists is used (MATLAB-made `LR_bicubic` first); with none, or
-    with `generate_lr`, LR images are made from HR with our MATLAB-exact bicubic.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(f"{root}: dataset folder not found")
-    hr_dir = root / "HR" if (root / "HR").is_dir() else root
-    lr_dir = None
-    if not generate_lr:
-        for layout in LR_LAYOUTS:
-            if (root / layout.format(s=scale)).is_dir():
-                lr_dir = root / layout.format(s=scale)
-                break
-    return pair_folders(hr_dir, lr_dir, scale, name=root.name)
 
 
 # -- running ------------------------------------------------------------------------------------
@@ -192,7 +114,7 @@ def _quant_name(name: str) -> str:
 
 def evaluate_dataset(
     upscale: Upscaler,
-    dataset: Dataset,
+    dataset: PairedFolder,
     scale: int,
     *,
     protocol: str = "basicsr",
@@ -225,17 +147,17 @@ def evaluate_dataset(
     return result
 
 
-def _load_pair(pair: Pair, scale: int) -> tuple[Tensor, Tensor]:
+def _load_pair(pair: ImagePair, scale: int) -> tuple[Tensor, Tensor]:
     """HR modcropped to the scale, and its LR (read or generated); sizes checked."""
     hr = modcrop(read_image(pair.hr).rgb, scale)
     if pair.lr is None:
         return hr, imresize(hr, 1.0 / scale, mode="uint8")
     if not pair.lr.exists():
-        raise DatasetError(f"no LR image for {pair.hr.name} (looked for {pair.lr.name})")
+        raise DataError(f"no LR image for {pair.hr.name} (looked for {pair.lr.name})")
     lr = read_image(pair.lr).rgb
     expected = (hr.shape[-2] // scale, hr.shape[-1] // scale)
     if tuple(lr.shape[-2:]) != expected:
-        raise DatasetError(
+        raise DataError(
             f"{pair.lr.name} is {lr.shape[-1]}x{lr.shape[-2]}, but {pair.hr.name} modcropped to "
             f"x{scale} needs {expected[1]}x{expected[0]}"
         )

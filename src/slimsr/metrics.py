@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from slimsr.errors import SlimsrError
+from slimsr.imaging.color import to_y_channel
 from slimsr.imaging.io import tensor_to_uint8
 
 __all__ = [
@@ -75,21 +76,6 @@ def _as_hwc(img: np.ndarray | Tensor, input_order: str) -> np.ndarray:
     if arr.ndim == 2:
         return arr[..., None]
     return arr.transpose(1, 2, 0) if input_order == "CHW" else arr
-
-
-def to_y_channel(img: np.ndarray) -> np.ndarray:
-    """BasicSR's `to_y_channel` on an RGB (or 1-channel) HWC image in 0..255 -> float32 HW1.
-
-    The arithmetic mirrors BasicSR step for step (it works on BGR, so the channels are reversed
-    and dotted with the BGR weights) to reproduce its float32 rounding exactly.
-    """
-    x = img.astype(np.float32) / 255.0
-    if x.ndim == 3 and x.shape[2] == 3:
-        bgr = np.ascontiguousarray(x[..., ::-1])
-        y = np.dot(bgr, [24.966, 128.553, 65.481]) + 16.0
-        y /= 255.0
-        x = y.astype(np.float32)[..., None]
-    return x * 255.0
 
 
 def _prepare(

@@ -15,6 +15,7 @@ alpha goes the same way. No full-size float image exists, and the tile size is d
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from slimsr.imaging.io import (
     write_samples_like,
 )
 from slimsr.imaging.resize import _device_weights, _resize_dim
+from slimsr.inference import prepare_for_inference
 from slimsr.model import BORDER, MirrorPadded, SRModel, pad_border
 from slimsr.tiling import count_tiles, tiled_strips
 
@@ -483,19 +485,52 @@ def upscale_file(
     return upscale_to_file(model, read_image(src), dst, opts or UpscaleOptions(), on_tile, quality)
 
 
-def upscale_image(image, model: SRModel, tile: int | None = None, overlap: int = 16):
-    """PIL image (or a path) in, PIL image out: the one-liner for notebooks and scripts."""
-    import numpy as np
+def ready_for_upscale(
+    model: Any, device: torch.device | str, dtype: torch.dtype, *, compile: bool = False
+) -> Any:
+    """The model in the form `slimsr upscale` runs it: an `SRModel` on the fast inference path
+    (fused form, measured memory layout, `slimsr.inference`), a runtime (ONNX / TFLite) moved
+    and in eval mode. Use the result, not the argument (which may be changed in place)."""
+    if isinstance(model, SRModel):
+        return prepare_for_inference(model, device, dtype, compile=compile)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def _pil_to_image(image: Any) -> Image:
+    """A PIL image as an `Image`: RGB, or RGBA when it has transparency (8 bits)."""
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+    arr = np.asarray(image.convert("RGBA" if has_alpha else "RGB"), dtype=np.float32) / 255.0
+    return Image(tensor=torch.from_numpy(arr).permute(2, 0, 1).contiguous(), had_alpha=has_alpha)
+
+
+def upscale_image(
+    model: Any,
+    image: Any,
+    *,
+    tile: int | None = None,
+    overlap: int = 16,
+    outscale: float | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
+) -> Any:
+    """A picture (PIL image or a file path) in, an 8-bit PIL image out, made exactly as
+    `slimsr upscale` makes it: the fast inference path (`ready_for_upscale`), the mirrored
+    border, automatic tiles within `memory_budget_mb`, the same quantisation; a file keeps its
+    gray / alpha layout as the command's output does.
+
+    `device` / `dtype` default to the model's own. The model passed in is not changed (its
+    inference form is built on a copy).
+    """
     from PIL import Image as PILImage
 
-    if isinstance(image, (str, os.PathLike)):
-        rgb = read_image(image).rgb
-    else:
-        arr = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-        rgb = torch.from_numpy(arr).permute(2, 0, 1)
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    opts = UpscaleOptions(tile=tile, overlap=overlap, device=device, dtype=dtype)
-    out = upscale_rgb(model, rgb, opts)
-    arr = (out.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
-    return PILImage.fromarray(arr)
+    img = read_image(image) if isinstance(image, str | os.PathLike) else _pil_to_image(image)
+    ref = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
+    device = device if device is not None else (ref.device if ref is not None else "cpu")
+    dtype = dtype if dtype is not None else (ref.dtype if ref is not None else torch.float32)
+    if isinstance(model, nn.Module):
+        model = copy.deepcopy(model)
+    net = ready_for_upscale(model, device, dtype)
+    opts = UpscaleOptions(tile, overlap, outscale, device, dtype, memory_budget_mb)
+    samples = upscale_samples(net, img, opts, bit_depth=8)
+    return PILImage.fromarray(samples[..., 0] if samples.shape[-1] == 1 else samples)

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from slimsr.archs._detect import indices, pixelshuffle_scale
+from slimsr.archs.blocks import dcr_to_crd
 from slimsr.registry import Detection, register_detector, register_family, register_model
 
 
@@ -67,20 +68,6 @@ def abpn(scale: int, **kwargs: Any) -> ABPN:
 
 
 # -- Keras import ------------------------------------------------------------------------------
-
-
-def dcr_to_crd(num_out: int, scale: int) -> Tensor:
-    """Index map so that `crd[k] = dcr[perm[k]]` for channel counts `num_out * s^2`.
-
-    TF depth_to_space reads channel `(i*s + j)*C + c` for output pixel offset (i, j) and
-    colour c; PyTorch PixelShuffle reads channel `c*s^2 + i*s + j`.
-    """
-    s2 = scale * scale
-    perm = torch.empty(num_out * s2, dtype=torch.long)
-    for c in range(num_out):
-        for ij in range(s2):
-            perm[c * s2 + ij] = ij * num_out + c
-    return perm
 
 
 _KERAS_KEY = re.compile(r"layer_with_weights-(\d+)[/_](kernel|bias)")

@@ -12,9 +12,32 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
+"""Mean RGB of DIV2K in [0,1], subtracted by EDSR's and SwinIR's official networks."""
+
 
 def conv3x3(in_ch: int, out_ch: int, bias: bool = True) -> nn.Conv2d:
     return nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=bias)
+
+
+def dcr_to_crd(num_out: int, scale: int) -> Tensor:
+    """Index map so that `crd[k] = dcr[perm[k]]` for channel counts `num_out * s^2`.
+
+    The one statement of the two pixel-shuffle channel orders: TF depth_to_space ("DCR")
+    reads channel `(i*s + j)*C + c` for output pixel offset (i, j) and colour c; PyTorch
+    PixelShuffle ("CRD") reads channel `c*s^2 + i*s + j`.
+    """
+    s2 = scale * scale
+    perm = torch.empty(num_out * s2, dtype=torch.long)
+    for c in range(num_out):
+        for ij in range(s2):
+            perm[c * s2 + ij] = ij * num_out + c
+    return perm
+
+
+def crd_to_dcr(channels: int, scale: int) -> Tensor:
+    """Index map `perm` with `dcr = crd[perm]`: the inverse of `dcr_to_crd`."""
+    return torch.argsort(dcr_to_crd(channels, scale))
 
 
 class ChannelsLastPixelShuffle(nn.PixelShuffle):

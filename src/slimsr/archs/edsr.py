@@ -18,10 +18,9 @@ from torch import Tensor, nn
 
 from slimsr.archs._compression import ArchSpec, Built, Dims, check_net, weights_under
 from slimsr.archs._detect import count_indices
-from slimsr.archs.blocks import PixelShuffleUpsampler, conv3x3
+from slimsr.archs.blocks import DIV2K_MEAN, PixelShuffleUpsampler, conv3x3
 from slimsr.registry import Detection, register_detector, register_family, register_model
 
-DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
 PAPER = "Lim et al., Enhanced Deep Residual Networks for Single Image SR, CVPRW 2017"
 
 

@@ -37,10 +37,9 @@ from slimsr.archs._compression import (
     weights_under,
 )
 from slimsr.archs._detect import count_indices, has_all, indices, pixelshuffle_scale
-from slimsr.archs.blocks import OneStepUpsampler, PixelShuffleUpsampler, conv3x3
+from slimsr.archs.blocks import DIV2K_MEAN, OneStepUpsampler, PixelShuffleUpsampler, conv3x3
 from slimsr.registry import Detection, register_detector, register_family, register_model
 
-DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
 PAPER = "Liang et al., SwinIR: Image Restoration Using Swin Transformer, ICCVW 2021"
 MINI_PAPER = "Jiang et al., Compressing Deep Image Super-resolution Models, PCS 2024"
 UPSAMPLERS = ("pixelshuffle", "pixelshuffledirect", "nearest+conv")

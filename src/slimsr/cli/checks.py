@@ -12,7 +12,9 @@ import math
 import os
 from pathlib import Path
 
-from slimsr.errors import SlimsrError
+import torch
+
+from slimsr.errors import SlimsrError, UnsupportedDtypeError
 
 MAX_OUTSCALE = 16.0
 """Largest `--outscale`: beyond it an 8-bit photo only gets blurrier while memory explodes."""
@@ -87,3 +89,38 @@ def check_output_folder(out: Path, option: str = "-o") -> None:
 def inside(path: Path, folder: Path) -> bool:
     """True when `path` resolves to a place inside `folder` (symlinks followed)."""
     return path.resolve().is_relative_to(folder.resolve())
+
+
+def resolve_device(device: str) -> torch.device:
+    """`--device` of every command: auto (CUDA if available, else the CPU), cpu, cuda, cuda:N."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SlimsrError("--device cuda asked for, but no CUDA device is available")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise SlimsrError(f"unknown device {device!r} (use auto, cpu or cuda)") from None
+
+
+def resolve_dtype(fp16: bool, bf16: bool) -> torch.dtype:
+    """`--fp16` / `--bf16` -> the dtype (whether the model and device allow it is checked by
+    `slimsr.inference.check_inference_dtype`, the library's one refusal)."""
+    if fp16 and bf16:
+        raise SlimsrError("choose one of --fp16 and --bf16")
+    return torch.float16 if fp16 else torch.bfloat16 if bf16 else torch.float32
+
+
+def check_precision(model: object, dtype: torch.dtype, device: torch.device) -> None:
+    """`--fp16` / `--bf16` for this model on this device, refused before any work.
+
+    The rule is the library's (`slimsr.inference.check_inference_dtype`: float16 needs CUDA,
+    architectures refuse unsafe precisions); the CLI only names the option in the message.
+    """
+    from slimsr.inference import check_inference_dtype
+
+    try:
+        check_inference_dtype(model, dtype, device)  # type: ignore[arg-type]
+    except UnsupportedDtypeError as exc:
+        option = "--fp16" if dtype == torch.float16 else "--bf16"
+        raise SlimsrError(f"{option}: {exc}") from None

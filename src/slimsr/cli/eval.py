@@ -13,44 +13,30 @@ from rich.console import Console
 from rich.table import Table
 
 from slimsr.cli.app import Command, app
-from slimsr.cli.checks import check_output_folder
+from slimsr.cli.checks import (
+    check_output_folder,
+    check_precision,
+    resolve_device,
+    resolve_dtype,
+)
+from slimsr.cli.loading import load_model
+from slimsr.data.folders import PairedFolder, dataset_from_root, pair_folders
 from slimsr.errors import SlimsrError
 from slimsr.evaluate import (
-    Dataset,
     DatasetResult,
     Row,
     Upscaler,
     bicubic_upscaler,
-    dataset_from_root,
     evaluate_dataset,
     model_upscaler,
-    pair_folders,
     self_ensemble,
 )
-from slimsr.export.runners import Runner, is_runtime_path, load_runner
-from slimsr.factory import create_model, load
+from slimsr.export.runners import Runner
 from slimsr.fileio import atomic_write_text
 from slimsr.metrics import PROTOCOLS
 from slimsr.model import SRModel
 
 RESULT_FILES = ("results.json", "results.csv")
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SlimsrError("--device cuda asked for, but no CUDA device is available")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise SlimsrError(f"unknown device {device!r} (use auto, cpu or cuda)") from None
-
-
-def resolve_dtype(fp16: bool, bf16: bool) -> torch.dtype:
-    if fp16 and bf16:
-        raise SlimsrError("choose one of --fp16 and --bf16")
-    return torch.float16 if fp16 else torch.bfloat16 if bf16 else torch.float32
 
 
 def resolve_model(
@@ -69,20 +55,13 @@ def resolve_model(
         if model is None:
             raise SlimsrError("give --weights (architecture detected) or -m NAME --weights FILE")
         raise SlimsrError(f"-m {model} needs --weights: random weights give meaningless numbers")
-    if is_runtime_path(weights):
-        net = load_runner(weights, scale, arch=model, tflite_io=tflite_io)
-    elif model is None:
-        net = load(weights, param_key=param_key)
-        if scale is not None and scale != net.scale:
-            raise SlimsrError(f"{weights} is a x{net.scale} model, not x{scale}")
-    else:
-        net = create_model(model, scale, weights, param_key=param_key)
+    net = load_model(model, scale, weights, param_key=param_key, runtimes=True, tflite_io=tflite_io)
     return f"{net.name} ({weights.name})", net.scale, net
 
 
 def collect_datasets(
     data: list[Path], hr: list[Path], lr: list[Path], scale: int, generate_lr: bool
-) -> list[Dataset]:
+) -> list[PairedFolder]:
     if lr and len(lr) != len(hr):
         raise SlimsrError("give one --lr per --hr (or none, to generate LR from HR)")
     sets = [dataset_from_root(root, scale, generate_lr) for root in data]
@@ -228,9 +207,7 @@ def eval_command(
     if net is None:
         upscale, dtype = bicubic_upscaler(scale), torch.float32
     else:
-        net.check_dtype(dtype)
-        if dtype == torch.float16 and dev.type == "cpu":
-            raise SlimsrError("--fp16 needs a CUDA device here; use --bf16 on CPU")
+        check_precision(net, dtype, dev)
         if isinstance(net, SRModel):  # the fast inference path: fused form, measured layout
             upscale = model_upscaler(net, dev, dtype, fuse=None if fuse else False)
         else:

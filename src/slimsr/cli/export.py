@@ -11,8 +11,8 @@ from pathlib import Path
 import typer
 
 from slimsr.cli.app import Command, app
+from slimsr.cli.loading import load_model
 from slimsr.errors import SlimsrError
-from slimsr.factory import create_model, load
 from slimsr.model import SRModel
 
 export_app = typer.Typer(
@@ -27,9 +27,8 @@ def load_for_export(model: str | None, scale: int | None, weights: Path | None) 
     """The model to export: `-m NAME --weights W`, or `--weights W` alone (detected)."""
     if weights is None:
         raise SlimsrError("give --weights (architecture detected) or -m NAME --weights FILE")
-    net = create_model(model, scale, weights) if model else load(weights)
-    if scale is not None and net.scale != scale:
-        raise SlimsrError(f"{weights} is a x{net.scale} model, not x{scale}")
+    net = load_model(model, scale, weights)
+    assert isinstance(net, SRModel)  # no runtime files here
     return net
 
 

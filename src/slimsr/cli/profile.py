@@ -12,9 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 from slimsr.cli.app import Command, app
-from slimsr.cli.eval import resolve_device, resolve_dtype
+from slimsr.cli.checks import resolve_device, resolve_dtype
+from slimsr.cli.loading import load_model
 from slimsr.errors import SlimsrError
-from slimsr.factory import create_model, load
 from slimsr.fileio import atomic_write_text
 from slimsr.model import SRModel
 from slimsr.profile import (
@@ -28,14 +28,12 @@ from slimsr.profile import (
 
 
 def _resolve(model: str | None, scale: int | None, weights: Path | None) -> SRModel:
-    if model is None:
-        if weights is None:
-            raise SlimsrError("give -m NAME (and --scale), or --weights FILE to detect the model")
-        net = load(weights)
-        if scale is not None and scale != net.scale:
-            raise SlimsrError(f"{weights} is a x{net.scale} model, not x{scale}")
-        return net
-    return create_model(model, scale, weights)
+    """`-m NAME` (weights optional: counts and timings do not need them) or `--weights FILE`."""
+    if model is None and weights is None:
+        raise SlimsrError("give -m NAME (and --scale), or --weights FILE to detect the model")
+    net = load_model(model, scale, weights)
+    assert isinstance(net, SRModel)  # no runtime files here
+    return net
 
 
 def _mb(n: int) -> str:
@@ -154,11 +152,13 @@ def profile_command(
     if input_size is not None and output_size is not None:
         raise SlimsrError("give --input or --output, not both")
     net = _resolve(model, scale, weights)
+    # --fp16 / --bf16 are refused by `profile_model` only when it runs the model (counts work)
+    dev, dtype = resolve_device(device), resolve_dtype(fp16, bf16)
     report = profile_model(
         net,
         input_hw=parse_size(input_size) if input_size else None,
         output_hw=parse_size(output_size) if output_size else None,
-        device=resolve_device(device),
+        device=dev,
         threads=threads,
         warmup=warmup,
         repeats=repeats,
@@ -167,7 +167,7 @@ def profile_command(
         fuse=fuse,
         runtime=not no_runtime,
         memory=not no_memory,
-        dtype=resolve_dtype(fp16, bf16),
+        dtype=dtype,
     )
     Console(markup=False, highlight=False, width=150).print(report_table(report))
     warning = busy_cpu_warning(report.settings) if report.runtime else None

@@ -19,21 +19,23 @@ from slimsr.cli.checks import (
     check_file_name_part,
     check_output_folder,
     check_outscale,
+    check_precision,
     check_tile,
     inside,
+    resolve_device,
+    resolve_dtype,
 )
-from slimsr.cli.eval import resolve_device, resolve_dtype
+from slimsr.cli.loading import load_model
 from slimsr.errors import SlimsrError
-from slimsr.export.runners import Runner, is_runtime_path, load_runner
-from slimsr.factory import create_model, load
+from slimsr.export.runners import Runner
 from slimsr.imaging import SUFFIXES, list_images, read_image
-from slimsr.inference import prepare_for_inference
 from slimsr.model import SRModel
 from slimsr.profile import resident_mb
 from slimsr.upscale import (
     DEFAULT_MEMORY_BUDGET_MB,
     UpscaleOptions,
     planned_tiles,
+    ready_for_upscale,
     streams_to_png,
     upscale_to_file,
 )
@@ -84,16 +86,12 @@ def output_path(src: Path, out_dir: Path, suffix: str, ext: str, bit16: bool) ->
 
 
 def pick_model(model: str | None, weights: Path | None, scale: int | None) -> SRModel | Runner:
-    if is_runtime_path(weights):
-        return load_runner(weights, scale, arch=model)
-    if weights is not None:
-        net = create_model(model, scale, weights) if model else load(weights)
-        if scale is not None and net.scale != scale:
-            raise SlimsrError(f"{weights} is a x{net.scale} model, not x{scale}")
-        return net
-    if model is not None:
-        raise SlimsrError(f"-m {model} needs --weights (only the default model is bundled)")
-    return default_model(scale)
+    """The model named, or the bundled default when neither -m nor --weights is given."""
+    if weights is None:
+        if model is not None:
+            raise SlimsrError(f"-m {model} needs --weights (only the default model is bundled)")
+        return default_model(scale)
+    return load_model(model, scale, weights, runtimes=True)
 
 
 def rank_share(items: list[Path]) -> tuple[list[Path], int, int]:
@@ -202,16 +200,11 @@ def upscale_command(
     if dev.type == "cuda" and "WORLD_SIZE" in os.environ:
         dev = torch.device("cuda", local_rank)  # one GPU per torchrun process
     net = pick_model(model, weights, scale)
-    net.check_dtype(dtype)
-    if fp16 and dev.type == "cpu":
-        raise SlimsrError("--fp16 needs a CUDA device; use --bf16 on CPU")
+    check_precision(net, dtype, dev)
     check_tile(tile, overlap, net)
     suffix = suffix if suffix is not None else f"x{outscale or net.scale:g}"
     planned = plan_outputs(files, out, suffix, ext)  # every rank checks every name
-    if isinstance(net, SRModel):  # the fast path: fused form / measured memory layout
-        net = prepare_for_inference(net, dev, dtype, compile=compile_model)
-    else:
-        net = net.to(device=dev, dtype=dtype).eval()
+    net = ready_for_upscale(net, dev, dtype, compile=compile_model)  # the library's fast path
     opts = UpscaleOptions(
         tile=tile,
         overlap=overlap,

@@ -23,9 +23,15 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from slimsr.data.pairs import DataError, ImagePair, LRMode, PairStore, find_pairs, load_pair
+from slimsr.data.folders import (
+    DataError,
+    ImagePair,
+    dataset_from_root,
+    find_pairs,
+    pair_folders,
+)
+from slimsr.data.pairs import LRMode, PairStore, load_pair
 from slimsr.data.transforms import hr_crop, random_crop_origin, random_dihedral
-from slimsr.evaluate import DatasetError, dataset_from_root, pair_folders
 
 
 class PatchDataset(Dataset):
@@ -109,19 +115,16 @@ def validation_images(
     lr_mode: LRMode = "uint8",
 ) -> tuple[str, list[ValImage]]:
     """(description, images) of a validation folder, every pair checked up front."""
-    try:
-        if root is not None:
-            dataset = dataset_from_root(Path(root), scale)
-        else:
-            assert hr is not None
-            dataset = pair_folders(Path(hr), None if lr is None else Path(lr), scale)
-    except DatasetError as exc:
-        raise DataError(str(exc)) from None
+    if root is not None:
+        dataset = dataset_from_root(Path(root), scale)
+    else:
+        assert hr is not None
+        dataset = pair_folders(Path(hr), None if lr is None else Path(lr), scale)
     images = []
     for pair in dataset.pairs:
         if pair.lr is not None and not pair.lr.exists():
             raise DataError(f"{pair.hr}: no LR partner (looked for {pair.lr})")
-        loaded = load_pair(ImagePair(pair.hr, pair.lr), scale, lr_mode)
+        loaded = load_pair(pair, scale, lr_mode)
         hr_t, lr_t = loaded.float_pair()
         images.append(ValImage(pair.name, lr_t, hr_t))
     if dataset.pairs[0].lr is not None:

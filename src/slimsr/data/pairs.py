@@ -1,4 +1,4 @@
-"""Training images: find HR/LR pairs, check them up front, decode them once.
+"""Training images: check HR/LR pairs up front, decode them once (pairing: `folders`).
 
 Every pair is checked before training starts (BasicSR users meet "Scale mismatches" hours in,
 Real-ESRGAN#409): an LR image must be exactly the HR image modcropped to the scale and divided
@@ -14,33 +14,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-from slimsr.errors import SlimsrError
-from slimsr.evaluate import DatasetError, pair_folders
+from slimsr.data.folders import DataError, ImagePair
 from slimsr.imaging import imresize, modcrop, read_image
 
 LRMode = Literal["float", "uint8"]
-
-
-class DataError(SlimsrError):
-    """A training or validation folder that cannot be used: missing, empty, bad pairs."""
-
-
-@dataclass(frozen=True)
-class ImagePair:
-    """An HR file and its LR file (None: LR is made from HR)."""
-
-    hr: Path
-    lr: Path | None
-
-    @property
-    def label(self) -> str:
-        return f"{self.hr} / {self.lr}" if self.lr is not None else str(self.hr)
 
 
 @dataclass
@@ -67,22 +49,6 @@ def _compact(t: Tensor, bit_depth: int) -> Tensor:
     if bit_depth == 8:
         return (t * 255.0).round_().to(torch.uint8)
     return t.contiguous()
-
-
-def find_pairs(hr_dir: Path, lr_dir: Path | None, scale: int) -> list[ImagePair]:
-    """Every image of `hr_dir`, with its partner `<stem>.*` / `<stem>x<scale>.*` in `lr_dir`."""
-    try:
-        dataset = pair_folders(Path(hr_dir), None if lr_dir is None else Path(lr_dir), scale)
-    except DatasetError as exc:
-        raise DataError(str(exc)) from None
-    pairs = [ImagePair(p.hr, p.lr) for p in dataset.pairs]
-    for pair in pairs:
-        if pair.lr is not None and not pair.lr.exists():
-            raise DataError(
-                f"{pair.hr}: no LR partner in {lr_dir} (looked for {pair.hr.stem}.* and "
-                f"{pair.hr.stem}x{scale}.*)"
-            )
-    return pairs
 
 
 def load_pair(pair: ImagePair, scale: int, lr_mode: LRMode = "float") -> LoadedPair:

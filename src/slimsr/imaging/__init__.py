@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from slimsr.imaging.color import rgb_to_y, rgb_to_ycbcr, ycbcr_to_rgb
+from slimsr.imaging.color import rgb_to_ycbcr, to_y_channel, ycbcr_to_rgb
 from slimsr.imaging.io import (
     SUFFIXES,
     Image,
@@ -26,10 +26,10 @@ __all__ = [
     "list_images",
     "modcrop",
     "read_image",
-    "rgb_to_y",
     "rgb_to_ycbcr",
     "tensor_to_uint8",
     "to_rgb_tensor",
+    "to_y_channel",
     "write_image",
     "write_like",
     "ycbcr_to_rgb",

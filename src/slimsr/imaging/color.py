@@ -10,14 +10,25 @@ The weights are 219 * (0.299, 0.587, 0.114) and 224 * the colour-difference coef
 A copy-paste typo, 64.738 instead of 65.481 (and 65.738 from the /256 variant), circulates in
 several SR repositories and shifts PSNR-Y; the constants here are the MATLAB ones. Values are
 not rounded: benchmark code (BasicSR) keeps the float Y.
+
+`to_y_channel` is the one Y the project computes (PSNR-Y / SSIM-Y in `slimsr.metrics`): on
+uint8-valued HWC arrays, in BasicSR's float32 order of operations, so tables match its digits.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["YCBCR_BIAS", "YCBCR_FROM_RGB", "Y_WEIGHTS", "rgb_to_y", "rgb_to_ycbcr", "ycbcr_to_rgb"]
+__all__ = [
+    "YCBCR_BIAS",
+    "YCBCR_FROM_RGB",
+    "Y_WEIGHTS",
+    "rgb_to_ycbcr",
+    "to_y_channel",
+    "ycbcr_to_rgb",
+]
 
 #: Y = Y_WEIGHTS . (R, G, B) + 16, on RGB in [0,1] and Y in [0,255].
 Y_WEIGHTS = (65.481, 128.553, 24.966)
@@ -43,12 +54,19 @@ def _matrix(x: Tensor) -> tuple[Tensor, Tensor]:
     return m, b
 
 
-def rgb_to_y(x: Tensor) -> Tensor:
-    """Y of RGB (..., 3, H, W) in [0,1] -> (..., 1, H, W) in [16/255, 235/255], unrounded."""
-    _check_rgb(x)
-    r, g, b = x.unbind(-3)
-    y = (Y_WEIGHTS[0] * r + Y_WEIGHTS[1] * g + Y_WEIGHTS[2] * b + 16.0) / 255.0
-    return y.unsqueeze(-3)
+def to_y_channel(img: np.ndarray) -> np.ndarray:
+    """BasicSR's `to_y_channel` on an RGB (or 1-channel) HWC image in 0..255 -> float32 HW1.
+
+    The arithmetic mirrors BasicSR step for step (it works on BGR, so the channels are reversed
+    and dotted with the BGR weights) to reproduce its float32 rounding exactly.
+    """
+    x = img.astype(np.float32) / 255.0
+    if x.ndim == 3 and x.shape[2] == 3:
+        bgr = np.ascontiguousarray(x[..., ::-1])
+        y = np.dot(bgr, Y_WEIGHTS[::-1]) + 16.0
+        y /= 255.0
+        x = y.astype(np.float32)[..., None]
+    return x * 255.0
 
 
 def rgb_to_ycbcr(x: Tensor) -> Tensor:

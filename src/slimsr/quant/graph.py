@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from slimsr.archs.blocks import crd_to_dcr
 from slimsr.errors import SlimsrError
 from slimsr.model import SRModel
 
@@ -92,16 +93,6 @@ class PlainGraph:
         """Quantisation points in execution order (the extra "output" point last)."""
         seen = list(dict.fromkeys(self.points.values()))
         return seen + (["output"] if self.output_point == "output" else [])
-
-
-def crd_to_dcr(channels: int, scale: int) -> torch.Tensor:
-    """Index map `perm` with `dcr = crd[perm]` for `channels * scale^2` channels."""
-    s2 = scale * scale
-    perm = torch.empty(channels * s2, dtype=torch.long)
-    for ij in range(s2):
-        for c in range(channels):
-            perm[ij * channels + c] = c * s2 + ij
-    return perm
 
 
 # -- tracing -----------------------------------------------------------------------------------

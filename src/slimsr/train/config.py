@@ -500,25 +500,10 @@ class TrainConfig(Section):
             raise ValueError(
                 f"train.scheduler.milestones go past train.iterations ({self.train.iterations})"
             )
-        if self.quant is not None and self.quant.qat:
-            self._check_qat()
-        return self
-
-    def _check_qat(self) -> None:
-        """QAT needs fp32 and a plain-conv network (refused here, naming the op)."""
-        from slimsr.factory import create_model
-        from slimsr.quant.graph import QuantError, plain_graph
-
-        if self.train.precision != "fp32":
+        if self.quant is not None and self.quant.qat and self.train.precision != "fp32":
+            # (that the network is a plain-conv graph needs it built: `recipe.check_model`)
             raise ValueError("quant.qat needs train.precision fp32 (fake quantisation is float32)")
-        try:
-            net = create_model(self.model.name, self.model.scale, **self.model.kwargs)
-        except TypeError:
-            return  # bad model.kwargs are reported when the run builds the model
-        try:
-            plain_graph(net)
-        except QuantError as exc:
-            raise ValueError(f"quant.qat: {exc}") from None
+        return self
 
 
 def json_schema() -> dict[str, Any]:

@@ -156,7 +156,7 @@ def _pair_bytes(hr: Path, lr: Path | None, scale: int, lr_float: bool) -> tuple[
 
 def cache_bytes(config: TrainConfig) -> int:
     """The decoded training cache (`PairStore`): uint8 8-bit pixels, float32 otherwise."""
-    from slimsr.data.pairs import find_pairs
+    from slimsr.data.folders import find_pairs
 
     d = config.data.train
     if not d.cache:
@@ -176,7 +176,7 @@ def validation_bytes(config: TrainConfig) -> int:
     v = config.data.val
     if v is None:
         return 0
-    from slimsr.evaluate import DatasetError, dataset_from_root, pair_folders
+    from slimsr.data.folders import DataError, dataset_from_root, pair_folders
 
     try:
         ds = (
@@ -184,7 +184,7 @@ def validation_bytes(config: TrainConfig) -> int:
             if v.root is not None
             else pair_folders(v.hr, v.lr, config.model.scale)  # type: ignore[arg-type]
         )
-    except DatasetError:
+    except DataError:
         return 0  # reported by the run itself, with its own message
     total = 0
     for pair in ds.pairs:

@@ -192,9 +192,7 @@ def _format_error(
     kind, msg = err["type"], str(err["msg"])
     msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
     if not loc:  # a cross-field check: its message starts with the dotted key it is about
-        first = msg.split(" ", 1)[0]
-        key_loc: Loc = tuple(int(p) if p.isdigit() else p for p in first.split("."))
-        return f"{_where(key_loc, lines, overridden, source)}: {msg}"
+        return _located(msg, lines, overridden, source)
     where = _where(loc, lines, overridden, source)
     key = _dotted(loc)
     if kind == "extra_forbidden":
@@ -207,6 +205,13 @@ def _format_error(
     plain = isinstance(value, dict | list) or value is None or kind == "value_error"
     shown = "" if plain else f" (got {value!r})"
     return f"{where}: {key}: {msg}{shown}"
+
+
+def _located(msg: str, lines: Mapping[Loc, int], overridden: Sequence[Loc], source: str) -> str:
+    """`file:line: msg` for a message that starts with the dotted key it is about."""
+    first = msg.split(" ", 1)[0]
+    key_loc: Loc = tuple(int(p) if p.isdigit() else p for p in first.split("."))
+    return f"{_where(key_loc, lines, overridden, source)}: {msg}"
 
 
 def validation_message(
@@ -298,9 +303,38 @@ class RecipeDocument:
     def validate(self, schema: type[SchemaT], check_paths: bool) -> SchemaT:
         """The document as `schema`, or a one-line `ConfigError` naming file, line and key."""
         try:
-            return schema.model_validate(self.data, context={"check_paths": check_paths})
+            config = schema.model_validate(self.data, context={"check_paths": check_paths})
         except ValidationError as exc:
             raise ConfigError(self.error_message(exc)) from None
+        if isinstance(config, TrainConfig):
+            try:
+                check_model(config)
+            except ValueError as exc:
+                raise ConfigError(
+                    _located(str(exc), self.lines, self.overridden, self.name)
+                ) from None
+        return config
+
+
+def check_model(config: TrainConfig) -> None:
+    """The recipe against its network, built: QAT needs a plain-conv graph (refused naming
+    the op). Here rather than in `train.config`, which stays data-only (no model code).
+
+    Raises `ValueError` whose message starts with the dotted key it is about.
+    """
+    if config.quant is None or not config.quant.qat:
+        return
+    from slimsr.factory import create_model
+    from slimsr.quant.graph import QuantError, plain_graph
+
+    try:
+        net = create_model(config.model.name, config.model.scale, **config.model.kwargs)
+    except TypeError:
+        return  # bad model.kwargs are reported when the run builds the model
+    try:
+        plain_graph(net)
+    except QuantError as exc:
+        raise ValueError(f"quant.qat: {exc}") from None
 
 
 def read_recipe(

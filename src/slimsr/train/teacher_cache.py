@@ -52,7 +52,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import Tensor
 
-from slimsr.data.pairs import ImagePair
+from slimsr.data.folders import ImagePair
 from slimsr.errors import SlimsrError
 
 FORMAT = 1
