@@ -7,8 +7,10 @@ import torch
 from torch import nn
 
 import slimsr
+from slimsr.errors import CheckpointError
 from slimsr.model import SRModel
 from slimsr.registry import (
+    Detection,
     ModelRegistry,
     count_parameters,
     default_registry,
@@ -175,3 +177,18 @@ def test_undeclared_families_get_the_cautious_defaults() -> None:
         register_family("local", cpu_channels_last=False, tiling="exact", registry=registry)
     with pytest.raises(ValueError, match="exact"):
         register_family("odd", cpu_channels_last=False, tiling="nearly", registry=registry)  # type: ignore[arg-type]
+
+
+def test_detection_asks_every_family_and_refuses_weights_two_families_claim() -> None:
+    """Detection does not depend on the order families were imported in: when two detectors
+    recognise the same weights, loading stops with one line naming both instead of guessing."""
+    reg = ModelRegistry()
+    sd = {"body.weight": torch.zeros(4, 3, 3, 3)}
+    reg.add_detector("first", lambda s: None)
+    reg.add_detector("second", lambda s: Detection("second_net", 2, {}, s))
+    found = reg.detect(sd)
+    assert found is not None and found.name == "second_net"  # not only the first detector
+    reg.add_detector("third", lambda s: Detection("third_net", 4, {}, s))
+    with pytest.raises(CheckpointError, match=r"second_net x2, third_net x4"):
+        reg.detect(sd)
+    assert ModelRegistry().detect(sd) is None

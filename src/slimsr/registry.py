@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
-from slimsr.errors import UnknownModelError, UnsupportedScaleError
+from slimsr.errors import CheckpointError, UnknownModelError, UnsupportedScaleError
 
 if TYPE_CHECKING:  # archs import this module, so their helpers are named for type checks only
     from slimsr.archs._compression import ArchSpec
@@ -180,12 +180,18 @@ class ModelRegistry:
         return list(self._detectors)
 
     def detect(self, state_dict: dict[str, torch.Tensor]) -> Detection | None:
-        """The first family that recognises the state dict, or None."""
-        for _, detector in self._detectors:
-            found = detector(state_dict)
-            if found is not None:
-                return found
-        return None
+        """The one family that recognises the state dict, or None.
+
+        Every detector is asked, so the answer never depends on the order families were
+        imported in; weights two families both claim are refused rather than guessed.
+        """
+        found = [d for _, det in self._detectors if (d := det(state_dict)) is not None]
+        if len(found) > 1:
+            names = ", ".join(f"{d.name} x{d.scale}" for d in found)
+            raise CheckpointError(
+                f"the weights match several architectures ({names}): name one with -m/--model"
+            )
+        return found[0] if found else None
 
 
 REGISTRY = ModelRegistry()

@@ -1,7 +1,7 @@
 """Architecture families. Importing this package registers every variant and detector.
 
-The list is explicit (no folder scanning): detection order is this order, so families whose
-keys could be mistaken for another's come first.
+The list is explicit (no folder scanning). Its order does not matter: `ModelRegistry.detect`
+asks every family's detector and refuses weights that two families both claim.
 """
 
 from slimsr.archs import abpn, bsrn, edsr, fmen, rfdn, swinir
