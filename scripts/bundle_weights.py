@@ -1,9 +1,11 @@
-"""Copy a finished `slimsr train` run into the package as a bundled default model, with metrics.
+"""Copy a finished `slimsr train` or `slimsr compress` run into the package as a bundled default.
 
     python scripts/bundle_weights.py RUN_DIR --scale S [--shared ../shared] [--note TEXT]
 
-Takes the run's `weights/final.safetensors` (the EMA weights when the run kept an EMA; never
-the Set5-selected "best", which would be tuning on the test set), writes
+Takes a train run's `weights/final.safetensors` and its `config.yaml`, or a compress run's
+`student.safetensors` (its distillation's final weights) and its `compress.yaml` (the EMA
+weights when the run kept an EMA; never the Set5-selected "best", which would be tuning on the
+test set), writes
 `src/slimsr/weights/default_x{S}.{safetensors,json,config.yaml}` and measures
 `default_x{S}.metrics.json`: Set5 (MATLAB-made LR files) and Set14 / B100 (LR made with slimsr's
 MATLAB-exact bicubic), Y-PSNR / SSIM under the BasicSR protocol, with bicubic and reference
@@ -16,6 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
+import yaml
 from shipping import copy_portable, copy_portable_weights
 
 import slimsr
@@ -70,20 +73,27 @@ def main() -> None:
     p.add_argument("--note", default="")
     args = p.parse_args()
     s = args.scale
-    src = args.run_dir / "weights" / "final.safetensors"
+    compressed = (args.run_dir / "student.safetensors").is_file()
+    src = args.run_dir / ("student.safetensors" if compressed else "weights/final.safetensors")
+    recipe = args.run_dir / ("compress.yaml" if compressed else "config.yaml")
     model = slimsr.load(src)
     if model.scale != s:
         raise SystemExit(f"{src} is x{model.scale}, not x{s}")
     dst = WEIGHTS / f"default_x{s}.safetensors"
     copy_portable_weights(src, dst, args.shared)
     copy_portable(src.with_suffix(".json"), dst.with_suffix(".json"), args.shared)
-    copy_portable(args.run_dir / "config.yaml", WEIGHTS / f"default_x{s}.config.yaml", args.shared)
+    copy_portable(recipe, WEIGHTS / f"default_x{s}.config.yaml", args.shared)
     meta = json.loads(src.with_suffix(".json").read_text())
+    iterations = (
+        yaml.safe_load(recipe.read_text())["distill"]["train"]["iterations"]
+        if compressed
+        else meta["training"]["iteration"]
+    )
     metrics = {
         "model": model.info.name,
         "scale": s,
         "params": model.num_parameters(),
-        "iterations": meta.get("training", {}).get("iteration"),
+        "iterations": iterations,
         "protocol": "basicsr (Y of BT.601, border = scale, SR as uint8)",
         "results": measure(model.eval(), args.shared, s),
         "references": {
