@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import slimsr
-import slimsr.profile
+import slimsr.profile.report
 from slimsr.archs.blocks import ChannelLinear
 from slimsr.errors import SlimsrError
 from slimsr.inference import inference_config, prepare_for_inference, run_inference
@@ -265,7 +265,7 @@ def test_bfloat16_is_timed_and_measured_in_bfloat16(monkeypatch) -> None:
             seen.append(net(x).dtype)
         return real_time_cpu(net, x, **kwargs)
 
-    monkeypatch.setattr(slimsr.profile, "time_cpu", spy)
+    monkeypatch.setattr(slimsr.profile.report, "time_cpu", spy)  # where profile_model looks
     report = profile_model(
         model, input_hw=(16, 16), threads=1, warmup=1, repeats=1, dtype=torch.bfloat16
     )

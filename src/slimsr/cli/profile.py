@@ -17,14 +17,10 @@ from slimsr.cli.loading import load_model
 from slimsr.errors import SlimsrError
 from slimsr.fileio import atomic_write_text
 from slimsr.model import SRModel
-from slimsr.profile import (
-    CONVENTION_NOTES,
-    CONVENTIONS,
-    ProfileReport,
-    busy_cpu_warning,
-    parse_size,
-    profile_model,
-)
+from slimsr.profile.counting import CONVENTION_NOTES, CONVENTIONS
+from slimsr.profile.report import ProfileReport, profile_model
+from slimsr.profile.sizes import parse_size
+from slimsr.profile.timing import busy_cpu_warning
 
 
 def _resolve(model: str | None, scale: int | None, weights: Path | None) -> SRModel:

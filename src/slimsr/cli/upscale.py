@@ -30,7 +30,7 @@ from slimsr.errors import SlimsrError
 from slimsr.export.runners import Runner
 from slimsr.imaging import SUFFIXES, list_images, read_image
 from slimsr.model import SRModel
-from slimsr.profile import resident_mb
+from slimsr.profile.memory import resident_mb
 from slimsr.upscale import (
     DEFAULT_MEMORY_BUDGET_MB,
     UpscaleOptions,

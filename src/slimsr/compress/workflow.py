@@ -40,7 +40,7 @@ from slimsr.data import validation_images
 from slimsr.factory import create_model, load
 from slimsr.fileio import atomic_write_text
 from slimsr.model import SRModel
-from slimsr.profile import profile_model
+from slimsr.profile.report import profile_model
 from slimsr.registry import get_model_info
 from slimsr.train.memory import MemoryEstimate, check_memory
 from slimsr.train.validation import evaluate_images
