@@ -109,7 +109,7 @@ def test_sigterm_saves_and_resume_is_bit_exact(tmp_path: Path) -> None:
 
 
 def test_resume_refuses_a_changed_schedule(tmp_path: Path) -> None:
-    from slimsr.train.checkpoint import ResumeError
+    from slimsr.train.training_state import ResumeError
 
     recipe = tiny_recipe(tmp_path, "r", train__iterations=4)
     train(load_config(recipe))

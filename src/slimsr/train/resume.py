@@ -16,9 +16,9 @@ from typing import Any
 
 from slimsr.errors import SlimsrError
 from slimsr.fileio import file_sha256
-from slimsr.train.checkpoint import ResumeError, list_checkpoints
 from slimsr.train.config import CosineSchedule, TrainConfig
 from slimsr.train.recipe import config_changes, load_config, read_recipe
+from slimsr.train.training_state import ResumeError, list_checkpoints
 
 #: Keys a resumed run may change without breaking "continues the same schedule".
 RESUMABLE_CHANGES = (

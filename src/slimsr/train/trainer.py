@@ -34,7 +34,6 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from slimsr.checkpoints import load_matching
 from slimsr.data import IterationSampler, PatchDataset, training_store, validation_images
 from slimsr.errors import SlimsrError
 from slimsr.factory import create_model, load
@@ -43,15 +42,6 @@ from slimsr.model import SRModel
 from slimsr.quant.qat import QATNet, calibrate, prepare_qat, qat_net
 from slimsr.tiling import upscale_tiled
 from slimsr.train import distributed as ddp
-from slimsr.train.checkpoint import (
-    ResumeError,
-    checkpoint_path,
-    latest_checkpoint,
-    load_state,
-    rng_state,
-    save_state,
-    set_rng_state,
-)
 from slimsr.train.config import ConfigError, TrainConfig
 from slimsr.train.ema import EMA
 from slimsr.train.export import export_model
@@ -84,8 +74,18 @@ from slimsr.train.runlog import ConsoleView, EventLog, Scalars
 from slimsr.train.schedules import build_schedule
 from slimsr.train.teacher_cache import TeacherOutputs, cache_key, ensure_cache, open_cache
 from slimsr.train.threads import check_cpu_load
+from slimsr.train.training_state import (
+    ResumeError,
+    checkpoint_path,
+    latest_checkpoint,
+    load_state,
+    rng_state,
+    save_state,
+    set_rng_state,
+)
 from slimsr.train.validation import evaluate_images
 from slimsr.upscale import activation_bytes_per_pixel, auto_tile_for_budget
+from slimsr.weight_files import load_matching
 
 Callback = Callable[[str, "Trainer"], None]
 """Called with an event name ("step", "checkpoint", "validation") after it happens."""
