@@ -44,7 +44,6 @@ from slimsr.tiling import upscale_tiled
 from slimsr.train import distributed as ddp
 from slimsr.train.config import ConfigError, TrainConfig
 from slimsr.train.ema import EMA
-from slimsr.train.export import export_model
 from slimsr.train.fastpath import (
     StepPlan,
     apply_plan,
@@ -70,6 +69,7 @@ from slimsr.train.resume import (
     resume_changes,
     saved_config,
 )
+from slimsr.train.run_weights import write_run_weights
 from slimsr.train.runlog import ConsoleView, EventLog, Scalars
 from slimsr.train.schedules import build_schedule
 from slimsr.train.teacher_cache import TeacherOutputs, cache_key, ensure_cache, open_cache
@@ -545,10 +545,10 @@ class Trainer:
             "bad": bad,
         }
 
-    # -- validation / checkpoints / export ------------------------------------------------------
+    # -- validation / checkpoints / weights -----------------------------------------------------
 
     def eval_model(self) -> SRModel:
-        """The network that is validated and exported: the EMA if there is one."""
+        """The network that is validated and written out: the EMA if there is one."""
         if self.ema is None:
             return self.model
         return SRModel(self.ema.net, self.info, self.model.scale, self.model.kwargs)
@@ -613,7 +613,7 @@ class Trainer:
         self._fire("checkpoint")
         return path
 
-    def export(self, stem: str, metrics: dict[str, float] | None) -> list[Path]:
+    def write_weights(self, stem: str, metrics: dict[str, float] | None) -> list[Path]:
         net = self.eval_model().net
         extra = {
             "training": {
@@ -637,7 +637,7 @@ class Trainer:
         if isinstance(net, QATNet):  # the float weights, with the INT8 ranges beside them
             extra["quantization"] = net.export_ranges()
             net = net.net
-        return export_model(
+        return write_run_weights(
             net,
             self.info,
             self.model.scale,
@@ -668,7 +668,7 @@ class Trainer:
         return result
 
     def _finished_before(self) -> TrainResult | None:
-        """A resume of a run that reached its iterations and exported: nothing to do.
+        """A resume of a run that reached its iterations and wrote its weights: nothing to do.
 
         Nothing is rebuilt or written, so final.json keeps its validation metrics and every
         file stays byte-identical. A run past `train.iterations` cannot be resumed at all.
@@ -681,7 +681,7 @@ class Trainer:
             raise ResumeError(past_end_message(self.run_dir, at, total))
         weights = finished_weights(self.run_dir)
         if not weights:
-            return None  # stopped between the last checkpoint and the export: export now
+            return None  # stopped between the last checkpoint and the weights: write them now
         return TrainResult(self.run_dir, at, weights=weights, best=None, finished_before=True)
 
     def _check_memory(self) -> None:
@@ -822,8 +822,10 @@ class Trainer:
         weights: list[Path] = []
         if not interrupted and dist.is_main:
             if self.last_metrics is None and self.val_images and self._nonfinite_streak == 0:
-                self.last_metrics = self.validate()  # resumed at the end, before the export
-            weights = self.export("final", self.last_metrics)
+                self.last_metrics = (
+                    self.validate()
+                )  # resumed at the end, before writing the weights
+            weights = self.write_weights("final", self.last_metrics)
             self.log.write("end", iter=self.iteration, weights=weights, best=self.best)
         elif interrupted and dist.is_main:
             self.log.write("interrupted", iter=self.iteration, signal=self._stop_signal)
@@ -932,7 +934,7 @@ class Trainer:
             improved = self.best is None or metrics["psnr"] > self.best["psnr"]
             if improved:
                 self.best = {"iter": self.iteration, **metrics}
-                self.export("best", metrics)
+                self.write_weights("best", metrics)
             self.log.write("val", iter=self.iteration, best=improved, **metrics)
             self.scalars.add(
                 self.iteration, {"val/psnr": metrics["psnr"], "val/ssim": metrics["ssim"]}
