@@ -17,7 +17,7 @@ BOTTOM = ("slimsr.data", "slimsr.imaging", "slimsr.metrics")
 
 ABOVE = (
     "slimsr.evaluate",
-    "slimsr.inference",
+    "slimsr.inference_form",
     "slimsr.train",
     "slimsr.cli",
     "slimsr.compress",
@@ -118,6 +118,6 @@ def test_bottom_layer_imports_nothing_above_it() -> None:
 def test_the_scan_sees_imports() -> None:
     """The scanner itself: evaluate (above) does reach data and the inference fast path."""
     reached = reachable("slimsr.evaluate")
-    assert "slimsr.data.folders" in reached and "slimsr.inference" in reached
+    assert "slimsr.data.folders" in reached and "slimsr.inference_form" in reached
     assert _forbidden("slimsr.export.onnx") and _forbidden("slimsr.quant.graph")
     assert not _forbidden("slimsr.imaging.io")

@@ -67,7 +67,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from slimsr.archs.blocks import CCALayer, ChannelLinear
 from slimsr.errors import SlimsrError
-from slimsr.inference import check_inference_dtype, inference_config, prepare_for_inference
+from slimsr.inference_form import check_inference_dtype, inference_config, prepare_for_inference
 from slimsr.registry import ModelInfo, count_parameters, default_registry, get_model_info
 
 CONVENTIONS: tuple[str, ...] = ("ntire2022", "macs", "paper", "fvcore")
@@ -713,7 +713,7 @@ def profile_model(
     Give the LR `input_hw` (default 256x256, the NTIRE setting) or an `output_hw` (the papers'
     "for a 1280x720 output": the input is floor(H/s) x floor(W/s)). Counting never runs real
     arithmetic; `runtime` and `memory` do (CPU: `threads` fixed; memory in a child process),
-    on the fast inference path (`slimsr.inference.prepare_for_inference`: `fuse`,
+    on the fast inference path (`slimsr.inference_form.prepare_for_inference`: `fuse`,
     `channels_last`, `compile`; None picks the measured defaults) in `dtype` (float16 needs
     CUDA; architectures refuse precisions they are not safe in). Counts are dtype-independent.
     """
