@@ -128,7 +128,7 @@ def test_resume_refuses_a_changed_schedule(tmp_path: Path) -> None:
     with pytest.raises(ResumeError, match=r"train\.lr"):
         train(resume_config(run_dir, ["train.lr=0.5", "train.iterations=8"]), resume=True)
     # auto_resume with an unchanged recipe continues; a new run over a used folder is refused
-    from slimsr.train.trainer import RunFolderError
+    from slimsr.train.resume import RunFolderError
 
     with pytest.raises(RunFolderError, match="already exists"):
         train(load_config(recipe))
