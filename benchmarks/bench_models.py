@@ -33,7 +33,7 @@ from rich.table import Table
 
 import slimsr
 from slimsr.fileio import atomic_path, atomic_write_text
-from slimsr.inference import inference_config, prepare_for_inference
+from slimsr.inference_form import inference_config, prepare_for_inference
 from slimsr.profile import (
     CONVENTIONS,
     complexity,

@@ -5,9 +5,9 @@
 
 The deploy network is made from the train network by `slimsr.reparam` (BN statistics set to
 non-trivial values first, so the folds are exercised), the outputs are checked to agree, then
-both run on the same input through the fast path (`slimsr.inference`) in both memory formats,
+both run on the same input through the fast path (`slimsr.inference_form`) in both memory formats,
 alternately; each form is credited with its faster layout (NHWC slows the train form down, see
-`slimsr.inference`). Median latencies, params, MACs and peak resident-memory increases (each in
+`slimsr.inference_form`). Median latencies, params, MACs and peak resident-memory increases (each in
 a fresh process) are printed with the train / deploy ratios. Prints a table and writes JSON; no asserts on timings.
 """
 
@@ -27,7 +27,7 @@ from rich.table import Table
 
 import slimsr
 from slimsr.fileio import atomic_write_text
-from slimsr.inference import inference_config, prepare_for_inference
+from slimsr.inference_form import inference_config, prepare_for_inference
 from slimsr.profile import complexity, cpu_peak_memory, cpu_threads
 from slimsr.registry import count_parameters
 from slimsr.reparam import reparameterize_model

@@ -57,7 +57,7 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     import slimsr
-    from slimsr.inference import prepare_for_inference
+    from slimsr.inference_form import prepare_for_inference
     from slimsr.upscale import UpscaleOptions, upscale_rgb
     from slimsr.weights import default_model
 

@@ -20,7 +20,7 @@ noise inputs these networks amplify rounding a lot: outputs far outside [0,1]).
 Latency on CPU (threads fixed, warm-up excluded, runs interleaved so that load drift hits all
 alike, median) of: the official module as published, the same module switched to channels_last,
 slimsr's plain network in its family's default layout (`fuse=False`), and slimsr's default fast
-path (`slimsr.inference.prepare_for_inference`: the fused form). Peak resident-memory increase
+path (`slimsr.inference_form.prepare_for_inference`: the fused form). Peak resident-memory increase
 of one forward, each measured in a fresh process. Ratios are slimsr / official. Prints a table
 and writes JSON; no asserts on timings.
 """
@@ -53,7 +53,7 @@ from torch import nn
 import slimsr
 from slimsr.fileio import atomic_write_text
 from slimsr.imaging import imresize, read_image
-from slimsr.inference import inference_config, prepare_for_inference, run_inference
+from slimsr.inference_form import inference_config, prepare_for_inference, run_inference
 from slimsr.profile import cpu_threads, forward_peak_rss, memory_from_rss, rss_child_env
 
 SCALE = 4

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from slimsr.fileio import atomic_path, atomic_write_text
-from slimsr.train.checkpoint import latest_checkpoint, list_checkpoints
+from slimsr.train.training_state import latest_checkpoint, list_checkpoints
 
 RUN_FILES = (
     "config.yaml",

@@ -27,10 +27,10 @@ import torch
 from shipping import REPO_ROOT, copy_portable, portable_meta
 
 import slimsr
-from slimsr.checkpoints import read_checkpoint, save_weights
 from slimsr.data.folders import dataset_from_root
 from slimsr.evaluate import evaluate_dataset
 from slimsr.fileio import atomic_write_text
+from slimsr.weight_files import read_checkpoint, save_weights
 
 COMPRESSED = REPO_ROOT / "src" / "slimsr" / "weights" / "compressed"
 

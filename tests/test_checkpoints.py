@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import slimsr
-from slimsr.checkpoints import canonicalize, read_checkpoint, sidecar_path
 from slimsr.errors import CheckpointError
+from slimsr.weight_files import canonicalize, read_checkpoint, sidecar_path
 
 
 def small_edsrmini() -> slimsr.SRModel:
@@ -157,7 +157,7 @@ def test_written_files_get_normal_permissions(tmp_path) -> None:
 
 def test_swinir_weights_without_their_masks_reload_to_the_same_state(tmp_path) -> None:
     """Shipped SwinIR files leave out the shifted-window masks; loading rebuilds them exactly."""
-    from slimsr.checkpoints import save_weights
+    from slimsr.weight_files import save_weights
 
     torch.manual_seed(0)
     model = slimsr.create_model("swinirmini", 2)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import slimsr
-from slimsr.checkpoints import read_checkpoint
+from slimsr.weight_files import read_checkpoint
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

@@ -17,7 +17,7 @@ from slimsr.errors import SlimsrError
 from slimsr.fused import fuse
 from slimsr.fused.kernels import Act, fused_conv_add
 from slimsr.fused.modules import FusedConv, FusedModule, Workspace
-from slimsr.inference import (
+from slimsr.inference_form import (
     default_fuse,
     has_fused_form,
     inference_config,

@@ -20,7 +20,7 @@ import slimsr
 import slimsr.profile.report
 from slimsr.archs.blocks import ChannelLinear
 from slimsr.errors import SlimsrError
-from slimsr.inference import inference_config, prepare_for_inference, run_inference
+from slimsr.inference_form import inference_config, prepare_for_inference, run_inference
 from slimsr.profile import (
     CONVENTIONS,
     complexity,

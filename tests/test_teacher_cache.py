@@ -278,8 +278,8 @@ def test_a_moved_teacher_or_initial_weights_resume_but_another_teacher_does_not(
     """A campaign restored on another machine finds its files at new paths: the same teacher
     bytes (sha256 in train.jsonl) and any initial weights (the checkpoint replaces them) are
     not changes; a different teacher is."""
-    from slimsr.train.checkpoint import ResumeError
     from slimsr.train.resume import resume_changes, saved_config
+    from slimsr.train.training_state import ResumeError
 
     teacher = _teacher(tmp_path)
     init = tmp_path / "init.safetensors"

@@ -16,7 +16,6 @@ from slimsr.errors import SlimsrError
 from slimsr.factory import create_model
 from slimsr.registry import get_model_info
 from slimsr.train import Trainer, load_config, resume_config, train
-from slimsr.train.checkpoint import latest_checkpoint
 from slimsr.train.fastpath import (
     COMPILE_MIN_ITERATIONS,
     StepPlan,
@@ -29,6 +28,7 @@ from slimsr.train.fastpath import (
     step_forward,
 )
 from slimsr.train.trainer import LEGACY_PLAN
+from slimsr.train.training_state import latest_checkpoint
 from tests.train_utils import final_state, tiny_recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -13,7 +13,6 @@ import torch
 
 import slimsr
 from slimsr.train import Trainer, TrainingDivergedError, load_config, train
-from slimsr.train.checkpoint import ResumeError, load_state, rng_state, save_state, set_rng_state
 from slimsr.train.config import (
     CharbonnierLossConfig,
     ConstantSchedule,
@@ -26,6 +25,13 @@ from slimsr.train.config import (
 from slimsr.train.ema import EMA
 from slimsr.train.losses import WeightedLoss
 from slimsr.train.schedules import build_schedule
+from slimsr.train.training_state import (
+    ResumeError,
+    load_state,
+    rng_state,
+    save_state,
+    set_rng_state,
+)
 from tests.train_utils import final_state, tiny_recipe
 
 
@@ -246,7 +252,7 @@ def test_jsonl_log_and_best_tracking(tmp_path: Path) -> None:
     assert (result.run_dir / "config.yaml").is_file()
     assert load_config(result.run_dir / "config.yaml") == load_config(tiny_recipe(tmp_path, "log"))
     # a training state is also a weights file: slimsr.load takes its params_ema (BasicSR layout)
-    from slimsr.train.checkpoint import latest_checkpoint
+    from slimsr.train.training_state import latest_checkpoint
 
     ckpt = latest_checkpoint(result.run_dir / "checkpoints")
     loaded = slimsr.load(ckpt).net.state_dict()

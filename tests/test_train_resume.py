@@ -109,7 +109,7 @@ def test_sigterm_saves_and_resume_is_bit_exact(tmp_path: Path) -> None:
 
 
 def test_resume_refuses_a_changed_schedule(tmp_path: Path) -> None:
-    from slimsr.train.checkpoint import ResumeError
+    from slimsr.train.training_state import ResumeError
 
     recipe = tiny_recipe(tmp_path, "r", train__iterations=4)
     train(load_config(recipe))
@@ -128,7 +128,7 @@ def test_resume_refuses_a_changed_schedule(tmp_path: Path) -> None:
     with pytest.raises(ResumeError, match=r"train\.lr"):
         train(resume_config(run_dir, ["train.lr=0.5", "train.iterations=8"]), resume=True)
     # auto_resume with an unchanged recipe continues; a new run over a used folder is refused
-    from slimsr.train.trainer import RunFolderError
+    from slimsr.train.resume import RunFolderError
 
     with pytest.raises(RunFolderError, match="already exists"):
         train(load_config(recipe))

@@ -13,7 +13,7 @@ import torch
 import yaml
 from PIL import Image
 
-from slimsr.train.checkpoint import latest_checkpoint, load_state
+from slimsr.train.training_state import latest_checkpoint, load_state
 
 
 def write_images(folder: Path, sizes: list[tuple[int, int]], seed: int = 0) -> list[Path]:

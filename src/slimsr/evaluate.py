@@ -99,10 +99,10 @@ def model_upscaler(
     *,
     fuse: bool | None = None,
 ) -> Upscaler:
-    """An `SRModel` on the fast inference path (`slimsr.inference`): fused form and memory
+    """An `SRModel` on the fast inference path (`slimsr.inference_form`): fused form and memory
     format as measured fastest, inputs converted to the model's device, dtype and layout.
     Outputs equal the plain model's to float rounding (PSNR unchanged to 0.01 dB)."""
-    from slimsr.inference import prepare_for_inference, run_inference
+    from slimsr.inference_form import prepare_for_inference, run_inference
 
     fast = prepare_for_inference(model, device, dtype, fuse=fuse)
     return lambda x: run_inference(fast, x)

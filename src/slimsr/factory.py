@@ -12,7 +12,10 @@ from typing import Any
 
 import torch
 
-from slimsr.checkpoints import (
+from slimsr.errors import CheckpointError, UnsupportedScaleError
+from slimsr.model import SRModel
+from slimsr.registry import default_registry, get_model_info
+from slimsr.weight_files import (
     Checkpoint,
     key_diff,
     load_into,
@@ -20,9 +23,6 @@ from slimsr.checkpoints import (
     read_checkpoint,
     save_weights,
 )
-from slimsr.errors import CheckpointError, UnsupportedScaleError
-from slimsr.model import SRModel
-from slimsr.registry import default_registry, get_model_info
 
 
 def create_model(

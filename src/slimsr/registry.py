@@ -13,7 +13,7 @@ is exact, and how the compression workflow reads its (N_c, N_l, N_b). A variant 
 A *detector* reads a canonical state dict and, when it recognises a family, returns a
 `Detection`: the variant name, the scale and any hyper-parameters inferred from tensor
 shapes, plus the state dict rewritten to our (official) key names. Detectors are tried in
-registration order; `slimsr.checkpoints.load` uses them so that no architecture name is needed.
+registration order; `slimsr.load` (`factory.load`) uses them so that no architecture name is needed.
 
 The registry is an ordinary object (`ModelRegistry`) so tests can build a throwaway one;
 `REGISTRY` is the process-wide default the decorators fill. Duplicate names are errors.

@@ -38,7 +38,7 @@ from slimsr.imaging.io import (
     write_samples_like,
 )
 from slimsr.imaging.resize import _device_weights, _resize_dim
-from slimsr.inference import prepare_for_inference
+from slimsr.inference_form import prepare_for_inference
 from slimsr.model import BORDER, MirrorPadded, SRModel, pad_border
 from slimsr.tiling import count_tiles, tiled_strips
 
@@ -489,7 +489,7 @@ def ready_for_upscale(
     model: Any, device: torch.device | str, dtype: torch.dtype, *, compile: bool = False
 ) -> Any:
     """The model in the form `slimsr upscale` runs it: an `SRModel` on the fast inference path
-    (fused form, measured memory layout, `slimsr.inference`), a runtime (ONNX / TFLite) moved
+    (fused form, measured memory layout, `slimsr.inference_form`), a runtime (ONNX / TFLite) moved
     and in eval mode. Use the result, not the argument (which may be changed in place)."""
     if isinstance(model, SRModel):
         return prepare_for_inference(model, device, dtype, compile=compile)

@@ -105,7 +105,7 @@ def resolve_device(device: str) -> torch.device:
 
 def resolve_dtype(fp16: bool, bf16: bool) -> torch.dtype:
     """`--fp16` / `--bf16` -> the dtype (whether the model and device allow it is checked by
-    `slimsr.inference.check_inference_dtype`, the library's one refusal)."""
+    `slimsr.inference_form.check_inference_dtype`, the library's one refusal)."""
     if fp16 and bf16:
         raise SlimsrError("choose one of --fp16 and --bf16")
     return torch.float16 if fp16 else torch.bfloat16 if bf16 else torch.float32
@@ -114,10 +114,10 @@ def resolve_dtype(fp16: bool, bf16: bool) -> torch.dtype:
 def check_precision(model: object, dtype: torch.dtype, device: torch.device) -> None:
     """`--fp16` / `--bf16` for this model on this device, refused before any work.
 
-    The rule is the library's (`slimsr.inference.check_inference_dtype`: float16 needs CUDA,
+    The rule is the library's (`slimsr.inference_form.check_inference_dtype`: float16 needs CUDA,
     architectures refuse unsafe precisions); the CLI only names the option in the message.
     """
-    from slimsr.inference import check_inference_dtype
+    from slimsr.inference_form import check_inference_dtype
 
     try:
         check_inference_dtype(model, dtype, device)  # type: ignore[arg-type]

@@ -12,8 +12,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from slimsr.train import TrainConfig, TrainResult, train
-from slimsr.train.checkpoint import latest_checkpoint
 from slimsr.train.trainer import Callback
+from slimsr.train.training_state import latest_checkpoint
 
 Log = Callable[[str], None]
 

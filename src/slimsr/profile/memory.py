@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from slimsr.errors import SlimsrError
-from slimsr.inference import inference_config, prepare_for_inference
+from slimsr.inference_form import inference_config, prepare_for_inference
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from slimsr.errors import SlimsrError
-from slimsr.inference import check_inference_dtype, inference_config, prepare_for_inference
+from slimsr.inference_form import check_inference_dtype, inference_config, prepare_for_inference
 from slimsr.profile.counting import CONVENTION_NOTES, Complexity, complexity
 from slimsr.profile.memory import Memory, cpu_peak_memory, cuda_peak_memory
 from slimsr.profile.sizes import lr_size_for_output
@@ -104,7 +104,7 @@ def profile_model(
     Give the LR `input_hw` (default 256x256, the NTIRE setting) or an `output_hw` (the papers'
     "for a 1280x720 output": the input is floor(H/s) x floor(W/s)). Counting never runs real
     arithmetic; `runtime` and `memory` do (CPU: `threads` fixed; memory in a child process),
-    on the fast inference path (`slimsr.inference.prepare_for_inference`: `fuse`,
+    on the fast inference path (`slimsr.inference_form.prepare_for_inference`: `fuse`,
     `channels_last`, `compile`; None picks the measured defaults) in `dtype` (float16 needs
     CUDA; architectures refuse precisions they are not safe in). Counts are dtype-independent.
     """

@@ -304,7 +304,7 @@ def _batches(images: Iterable[Tensor | Any], size: int) -> Iterable[Tensor]:
 
 def ranges_from_weights_file(path: Any) -> dict[str, Any] | None:
     """The `quantization` entry of a slimsr weights file's description, if it has one."""
-    from slimsr.checkpoints import read_checkpoint
+    from slimsr.weight_files import read_checkpoint
 
     meta = read_checkpoint(path).meta or {}
     ranges = meta.get("quantization")

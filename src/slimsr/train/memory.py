@@ -11,7 +11,7 @@ BSRN-S activations for the backward pass). The estimate adds:
 * a distillation teacher run on every batch (`distill.cache: false`): its weights and one
   inference forward (`slimsr.upscale.activation_bytes_per_pixel`: no gradients, so only a few
   tensors live). With the teacher cache (the default) nothing: the teacher runs before training
-  (its forward bounded by `trainer.TEACHER_BUILD_BUDGET_MB`), is then released, and the cached
+  (its forward bounded by `teacher.TEACHER_BUILD_BUDGET_MB`), is then released, and the cached
   outputs are a memory-mapped file (reclaimable page cache, not process memory);
 * the data: the decoded-image cache (sized from the image headers, no decoding) once per
   process on this machine (DataLoader workers share it copy-on-write), the validation images,

@@ -16,9 +16,9 @@ from typing import Any
 
 from slimsr.errors import SlimsrError
 from slimsr.fileio import file_sha256
-from slimsr.train.checkpoint import ResumeError, list_checkpoints
 from slimsr.train.config import CosineSchedule, TrainConfig
 from slimsr.train.recipe import config_changes, load_config, read_recipe
+from slimsr.train.training_state import ResumeError, latest_checkpoint, list_checkpoints
 
 #: Keys a resumed run may change without breaking "continues the same schedule".
 RESUMABLE_CHANGES = (
@@ -131,6 +131,66 @@ def finished_weights(run_dir: Path) -> list[Path]:
         return []
     deploy = weights / "final_deploy.safetensors"
     return [final, deploy] if deploy.is_file() else [final]
+
+
+def find_resume_state(run_dir: Path, config: TrainConfig, resume: bool | None) -> Path | None:
+    """The training state a run continues from, or None for a new run.
+
+    `resume`: None follows `config.auto_resume`; True requires a state. Errors for a recipe
+    that changed what a resume may not change, and for a folder that is not this run's to
+    start (it exists and holds something)."""
+    run_dir = Path(run_dir)
+    latest = latest_checkpoint(run_dir / "checkpoints")
+    want = config.auto_resume if resume is None else resume
+    if want and latest is not None:
+        saved = saved_config(run_dir)
+        if saved is not None:
+            resume_changes(saved, config, run_dir)
+        return latest
+    if resume:
+        raise ResumeError(f"{run_dir}: no training state to resume (no checkpoints/)")
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise RunFolderError(
+            f"run folder {run_dir} already exists; resume it with `slimsr train --resume "
+            f"{run_dir}` (or auto_resume: true), or choose another name (--set name=...)"
+        )
+    return None
+
+
+def finished_run(run_dir: Path, total: int) -> tuple[int, list[Path]] | None:
+    """(iteration, final weights) of a run that reached `total` iterations and wrote its
+    weights, so resuming has nothing to do; None while there is work left (including a run
+    stopped between its last checkpoint and its weights). A run past `total` cannot be
+    resumed at all (`ResumeError`)."""
+    at = checkpoint_iteration(run_dir)
+    if at is None or at < total:
+        return None
+    if at > total:
+        raise ResumeError(past_end_message(Path(run_dir), at, total))
+    weights = finished_weights(run_dir)
+    return (at, weights) if weights else None
+
+
+def check_same_data(path: Path, state: dict[str, Any], num_images: int) -> None:
+    """The data folders must give as many images as the run trained on (same data stream)."""
+    saved = state.get("data", {}).get("num_images")
+    if saved != num_images:
+        raise ResumeError(
+            f"{path}: the run trained on {saved} images, the data folders "
+            f"now give {num_images}; resuming would not continue the same data stream"
+        )
+
+
+def check_same_teacher(path: Path, state: dict[str, Any], teacher: dict[str, Any] | None) -> None:
+    """A distilled run continues with the teacher it started with (by sha256 of its file)."""
+    saved = state.get("teacher") or {}
+    current = teacher or {}
+    if saved.get("sha256") != current.get("sha256"):
+        raise ResumeError(
+            f"{path}: the run was distilled from a teacher with sha256 "
+            f"{str(saved.get('sha256'))[:12]}, the recipe's teacher now has "
+            f"{str(current.get('sha256'))[:12]}; resuming would change the targets"
+        )
 
 
 def plan_resume(run_dir: Path, config: TrainConfig) -> list[str]:

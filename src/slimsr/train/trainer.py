@@ -24,7 +24,6 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,27 +33,15 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from slimsr.checkpoints import load_matching
 from slimsr.data import IterationSampler, PatchDataset, training_store, validation_images
 from slimsr.errors import SlimsrError
 from slimsr.factory import create_model, load
-from slimsr.fileio import atomic_write_text, file_sha256
+from slimsr.fileio import atomic_write_text
 from slimsr.model import SRModel
 from slimsr.quant.qat import QATNet, calibrate, prepare_qat, qat_net
-from slimsr.tiling import upscale_tiled
 from slimsr.train import distributed as ddp
-from slimsr.train.checkpoint import (
-    ResumeError,
-    checkpoint_path,
-    latest_checkpoint,
-    load_state,
-    rng_state,
-    save_state,
-    set_rng_state,
-)
-from slimsr.train.config import ConfigError, TrainConfig
+from slimsr.train.config import TrainConfig
 from slimsr.train.ema import EMA
-from slimsr.train.export import export_model
 from slimsr.train.fastpath import (
     StepPlan,
     apply_plan,
@@ -63,7 +50,7 @@ from slimsr.train.fastpath import (
     resolve_plan,
     step_forward,
 )
-from slimsr.train.losses import DistillationLoss, WeightedLoss
+from slimsr.train.losses import WeightedLoss
 from slimsr.train.memory import (
     PREFETCH_FACTOR,
     InsufficientMemoryError,
@@ -73,27 +60,29 @@ from slimsr.train.memory import (
 from slimsr.train.optim import build_optimizer, has_own_step, trainable_parameters
 from slimsr.train.recipe import config_hash, dump_config
 from slimsr.train.resume import (
-    RunFolderError,
-    checkpoint_iteration,
-    finished_weights,
-    past_end_message,
-    resume_changes,
-    saved_config,
+    check_same_data,
+    check_same_teacher,
+    find_resume_state,
+    finished_run,
 )
+from slimsr.train.run_weights import write_run_weights
 from slimsr.train.runlog import ConsoleView, EventLog, Scalars
 from slimsr.train.schedules import build_schedule
-from slimsr.train.teacher_cache import TeacherOutputs, cache_key, ensure_cache, open_cache
+from slimsr.train.teacher import Teacher
 from slimsr.train.threads import check_cpu_load
+from slimsr.train.training_state import (
+    ResumeError,
+    checkpoint_path,
+    load_state,
+    rng_state,
+    save_state,
+    set_rng_state,
+)
 from slimsr.train.validation import evaluate_images
-from slimsr.upscale import activation_bytes_per_pixel, auto_tile_for_budget
+from slimsr.weight_files import load_matching
 
 Callback = Callable[[str, "Trainer"], None]
 """Called with an event name ("step", "checkpoint", "validation") after it happens."""
-
-
-TEACHER_BUILD_BUDGET_MB = 2048
-"""Working memory of one teacher forward while the teacher cache is built: a larger training
-image is run in overlapping tiles (`slimsr.tiling.upscale_tiled`)."""
 
 
 class TrainingDivergedError(SlimsrError):
@@ -171,26 +160,14 @@ class Trainer:
         self.last_metrics: dict[str, float] | None = None
         self._stop_signal: int | None = None
         self._nonfinite_streak = 0
+        self.teacher: Teacher | None = None
+
+    @property
+    def teacher_record(self) -> dict[str, Any] | None:
+        """What the run records of its distillation teacher (path, sha256, model, params)."""
+        return None if self.teacher is None else self.teacher.record
 
     # -- setup -----------------------------------------------------------------------------------
-
-    def _find_resume_state(self) -> Path | None:
-        """The state to resume from, or None for a new run; errors for unusable folders."""
-        latest = latest_checkpoint(self.ckpt_dir)
-        want = self.config.auto_resume if self.resume is None else self.resume
-        if want and latest is not None:
-            saved = saved_config(self.run_dir)
-            if saved is not None:
-                resume_changes(saved, self.config, self.run_dir)
-            return latest
-        if self.resume:
-            raise ResumeError(f"{self.run_dir}: no training state to resume (no checkpoints/)")
-        if self.run_dir.exists() and any(self.run_dir.iterdir()):
-            raise RunFolderError(
-                f"run folder {self.run_dir} already exists; resume it with `slimsr train --resume "
-                f"{self.run_dir}` (or auto_resume: true), or choose another name (--set name=...)"
-            )
-        return None
 
     def _build(self, state: dict[str, Any] | None = None) -> None:
         """Everything a step needs; `state`: the checkpoint being resumed (for its fast path)."""
@@ -247,7 +224,8 @@ class Trainer:
         self.schedule = build_schedule(o.scheduler, o.iterations, o.lr)
         self.loss_fn = WeightedLoss(o.losses)
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(o.precision)
-        self._build_teacher(dist.device)
+        d = cfg.distill
+        self.teacher = Teacher(d, m.scale, o.precision, dist.device) if d is not None else None
         self.ema = EMA(self.model.net, o.ema.decay, o.ema.start_iter) if o.ema else None
         self.scaler = torch.amp.GradScaler(dist.device.type, enabled=o.precision == "fp16")
         self.forward: torch.nn.Module = self.model
@@ -278,103 +256,6 @@ class Trainer:
         apply_plan(self.model.net, plan)
         self.optimizer = build_optimizer(self.params, o.optimizer, o.lr, optimizer_kwargs(plan))
 
-    def _build_teacher(self, device: torch.device) -> None:
-        """Load the frozen teacher of a distillation run (`distill:`), or set none."""
-        self.teacher: SRModel | None = None
-        self.teacher_record: dict[str, Any] | None = None
-        self.teacher_precision = "fp32"
-        d = self.config.distill
-        if d is None:
-            return
-        teacher = load(d.teacher, param_key=d.param_key)
-        if teacher.scale != self.config.model.scale:
-            raise ConfigError(
-                f"distill.teacher {d.teacher} is a x{teacher.scale} model ({teacher.name}); "
-                f"it cannot teach a x{self.config.model.scale} student"
-            )
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        self.teacher = teacher.to(device).eval()
-        self.teacher_precision = self._teacher_precision()
-        self.teacher_record = {
-            "path": str(d.teacher),
-            "sha256": file_sha256(d.teacher),
-            "model": teacher.name,
-            "params": teacher.num_parameters(),
-        }
-        self.distill_loss = DistillationLoss(d.levels)
-
-    def _teacher_precision(self) -> str:
-        """The teacher runs under the student's autocast unless it is unsafe in that precision."""
-        assert self.teacher is not None
-        info, dtype = self.teacher.info, self.amp_dtype
-        if (dtype == torch.bfloat16 and info.supports_bf16) or (
-            dtype == torch.float16 and info.supports_fp16
-        ):
-            return self.config.train.precision
-        return "fp32"
-
-    def _teacher_autocast(self) -> AbstractContextManager[Any]:
-        precision = self.teacher_precision
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-        return torch.autocast(self.dist.device.type, dtype=dtype, enabled=precision != "fp32")
-
-    def _run_teacher(self, lr_img: Tensor) -> Tensor:
-        """The frozen teacher's raw output (eval mode, unclamped, no gradients)."""
-        assert self.teacher is not None
-        with torch.no_grad(), self._teacher_autocast():
-            return self.teacher.raw(lr_img)
-
-    def _prepare_teacher_cache(self, progress: bool) -> None:
-        """`distill.cache`: the teacher's outputs on every whole training image, built once
-        (rank 0; the other ranks wait) or reused; the teacher itself is then released."""
-        self.teacher_outputs: TeacherOutputs | None = None
-        self.teacher_cache_report: dict[str, Any] | None = None
-        d = self.config.distill
-        if self.teacher is None or d is None or not d.cache:
-            return
-        assert self.teacher_record is not None
-        folder = d.cache_dir or Path(self.config.output_dir) / "teacher_cache"
-        key = cache_key(
-            teacher_sha256=self.teacher_record["sha256"],
-            param_key=d.param_key,
-            precision=self.teacher_precision,
-            scale=self.config.model.scale,
-            lr_mode=self.config.data.train.lr_mode,
-            pairs=self.store.pairs,
-        )
-        device = self.dist.device
-        bpp = activation_bytes_per_pixel(self.teacher.net)
-        tile = auto_tile_for_budget(bpp, TEACHER_BUILD_BUDGET_MB, self.teacher.info.size_multiple)
-
-        def run(x: Tensor) -> Tensor:
-            x = x.to(device)
-            if x.shape[-2] * x.shape[-1] * bpp <= TEACHER_BUILD_BUDGET_MB * 2**20:
-                return self._run_teacher(x)
-            return upscale_tiled(self._run_teacher, x, self.teacher.scale, tile)
-
-        failure: SlimsrError | None = None
-        if self.dist.is_main:
-            try:
-                outputs, report = ensure_cache(
-                    folder,
-                    key,
-                    lambda i: self.store[i].float_pair()[1],
-                    run,
-                    progress=progress,
-                )
-                self.teacher_outputs = outputs
-                self.teacher_cache_report = report.as_dict()
-            except SlimsrError as exc:
-                failure = exc
-        if ddp.any_rank(failure is not None, self.dist):  # also the others' wait for rank 0
-            raise failure or SlimsrError("the first process could not build the teacher cache")
-        if not self.dist.is_main:
-            self.teacher_outputs = open_cache(folder, key)
-            if self.teacher_outputs is None:
-                raise SlimsrError(f"teacher cache in {folder}: not readable by every process")
-        self.teacher = None  # the targets come from the cache from now on
-
     def _add_distillation(
         self,
         lr_img: Tensor,
@@ -387,12 +268,9 @@ class Trainer:
 
         t is the cached teacher patch (`teacher_img`, float16) or, without the cache, the
         teacher run on this batch."""
-        assert self.config.distill is not None
-        if teacher_img is not None:
-            teacher_sr = teacher_img.to(self.dist.device, non_blocking=True).float()
-        else:
-            teacher_sr = self._run_teacher(lr_img)
-        dis, dis_terms = self.distill_loss(sr, teacher_sr)
+        assert self.config.distill is not None and self.teacher is not None
+        teacher_sr = self.teacher.target(lr_img, teacher_img)
+        dis, dis_terms = self.teacher.loss(sr, teacher_sr)
         return self.config.distill.alpha * gt_loss + dis, {**terms, **dis_terms}
 
     def _prepare_qat(self) -> None:
@@ -419,12 +297,7 @@ class Trainer:
         self.qat_freeze = q.freeze_ranges_iter
 
     def _restore(self, path: Path, state: dict[str, Any]) -> None:
-        data = state.get("data", {})
-        if data.get("num_images") != len(self.store):
-            raise ResumeError(
-                f"{path}: the run trained on {data.get('num_images')} images, the data folders "
-                f"now give {len(self.store)}; resuming would not continue the same data stream"
-            )
+        check_same_data(path, state, len(self.store))
         try:
             self.model.net.load_state_dict(state["params"], strict=True)
             if self.ema is not None:
@@ -438,14 +311,7 @@ class Trainer:
         self.best = state.get("best")
         self._nonfinite_streak = int(state.get("nonfinite_streak", 0))
         self._pending_rng = state["rng"]
-        saved_teacher = state.get("teacher") or {}
-        current = self.teacher_record or {}
-        if saved_teacher.get("sha256") != current.get("sha256"):
-            raise ResumeError(
-                f"{path}: the run was distilled from a teacher with sha256 "
-                f"{str(saved_teacher.get('sha256'))[:12]}, the recipe's teacher now has "
-                f"{str(current.get('sha256'))[:12]}; resuming would change the targets"
-            )
+        check_same_teacher(path, state, self.teacher_record)
 
     def _make_loader(self) -> Iterator[tuple[Tensor, ...]]:
         d = self.config.data.train
@@ -464,7 +330,7 @@ class Trainer:
             self.config.seed,
             flip=d.flip,
             rot90=d.rot90,
-            teacher=self.teacher_outputs,
+            teacher=None if self.teacher is None else self.teacher.outputs,
         )
         loader = DataLoader(
             dataset,
@@ -545,10 +411,10 @@ class Trainer:
             "bad": bad,
         }
 
-    # -- validation / checkpoints / export ------------------------------------------------------
+    # -- validation / checkpoints / weights -----------------------------------------------------
 
     def eval_model(self) -> SRModel:
-        """The network that is validated and exported: the EMA if there is one."""
+        """The network that is validated and written out: the EMA if there is one."""
         if self.ema is None:
             return self.model
         return SRModel(self.ema.net, self.info, self.model.scale, self.model.kwargs)
@@ -613,7 +479,7 @@ class Trainer:
         self._fire("checkpoint")
         return path
 
-    def export(self, stem: str, metrics: dict[str, float] | None) -> list[Path]:
+    def write_weights(self, stem: str, metrics: dict[str, float] | None) -> list[Path]:
         net = self.eval_model().net
         extra = {
             "training": {
@@ -637,7 +503,7 @@ class Trainer:
         if isinstance(net, QATNet):  # the float weights, with the INT8 ranges beside them
             extra["quantization"] = net.export_ranges()
             net = net.net
-        return export_model(
+        return write_run_weights(
             net,
             self.info,
             self.model.scale,
@@ -667,23 +533,6 @@ class Trainer:
         ddp.teardown(self.dist)
         return result
 
-    def _finished_before(self) -> TrainResult | None:
-        """A resume of a run that reached its iterations and exported: nothing to do.
-
-        Nothing is rebuilt or written, so final.json keeps its validation metrics and every
-        file stays byte-identical. A run past `train.iterations` cannot be resumed at all.
-        """
-        at = checkpoint_iteration(self.run_dir)
-        total = self.config.train.iterations
-        if at is None or at < total:
-            return None
-        if at > total:
-            raise ResumeError(past_end_message(self.run_dir, at, total))
-        weights = finished_weights(self.run_dir)
-        if not weights:
-            return None  # stopped between the last checkpoint and the export: export now
-        return TrainResult(self.run_dir, at, weights=weights, best=None, finished_before=True)
-
     def _check_memory(self) -> None:
         """Refuse a run that would not fit, on every rank together (none is left waiting)."""
         refused: InsufficientMemoryError | None = None
@@ -697,11 +546,14 @@ class Trainer:
     def _run(self) -> TrainResult:
         cfg = self.config
         dist = self.dist
-        resume_from = self._find_resume_state()
+        resume_from = find_resume_state(self.run_dir, cfg, self.resume)
         if resume_from is not None:
-            done = self._finished_before()
+            # a run that reached its iterations and wrote its weights: nothing is rebuilt or
+            # written, so final.json keeps its validation metrics and every file stays the same
+            done = finished_run(self.run_dir, cfg.train.iterations)
             if done is not None:
-                return done
+                at, weights = done
+                return TrainResult(self.run_dir, at, weights=weights, finished_before=True)
         self._check_memory()
         # read before this process works: its own threads would count as other load
         cpu_load = check_cpu_load() if dist.device.type == "cpu" else None
@@ -714,7 +566,14 @@ class Trainer:
         del state
         # written outside the run folder, after every input check: a derived file that is
         # valid on its own (shared by runs of the same teacher and data)
-        self._prepare_teacher_cache(progress=cfg.logging.progress != "none")
+        if self.teacher is not None:
+            self.teacher.prepare_cache(
+                self.store,
+                cfg.output_dir,
+                cfg.data.train.lr_mode,
+                dist,
+                progress=cfg.logging.progress != "none",
+            )
         self.config_sha256 = config_hash(cfg)
         data_iter = self._make_loader()
         # the training RNG stream: per rank, and restored exactly on resume
@@ -760,8 +619,9 @@ class Trainer:
             start_info["partial_init"] = self.init_report
         if self.teacher_record is not None:
             start_info["teacher"] = self.teacher_record
-        if self.teacher_cache_report is not None:
-            start_info["teacher_cache"] = self.teacher_cache_report
+        teacher_cache = None if self.teacher is None else self.teacher.cache_report
+        if teacher_cache is not None:
+            start_info["teacher_cache"] = teacher_cache
         self.log.write("resume" if resume_from else "start", **start_info)
         view.report(
             f"{'resuming' if resume_from else 'training'} {cfg.model.name} x{cfg.model.scale} "
@@ -781,8 +641,8 @@ class Trainer:
                 f"initialised from {cfg.model.pretrained}: {r['copied_tensors']} tensors copied, "
                 f"{r['skipped_tensors']} left at their fresh initialisation or unused"
             )
-        if self.teacher_cache_report is not None:
-            tc = self.teacher_cache_report
+        if teacher_cache is not None:
+            tc = teacher_cache
             view.report(
                 f"teacher outputs {'computed' if tc['built'] else 'reused'}: {tc['images']} "
                 f"images, {tc['mb']} MB float16 in {tc['path']}"
@@ -822,8 +682,10 @@ class Trainer:
         weights: list[Path] = []
         if not interrupted and dist.is_main:
             if self.last_metrics is None and self.val_images and self._nonfinite_streak == 0:
-                self.last_metrics = self.validate()  # resumed at the end, before the export
-            weights = self.export("final", self.last_metrics)
+                self.last_metrics = (
+                    self.validate()
+                )  # resumed at the end, before writing the weights
+            weights = self.write_weights("final", self.last_metrics)
             self.log.write("end", iter=self.iteration, weights=weights, best=self.best)
         elif interrupted and dist.is_main:
             self.log.write("interrupted", iter=self.iteration, signal=self._stop_signal)
@@ -932,7 +794,7 @@ class Trainer:
             improved = self.best is None or metrics["psnr"] > self.best["psnr"]
             if improved:
                 self.best = {"iter": self.iteration, **metrics}
-                self.export("best", metrics)
+                self.write_weights("best", metrics)
             self.log.write("val", iter=self.iteration, best=improved, **metrics)
             self.scalars.add(
                 self.iteration, {"val/psnr": metrics["psnr"], "val/ssim": metrics["ssim"]}

@@ -1,4 +1,6 @@
-"""The trained model as files anyone can load: safetensors + JSON sidecar (`slimsr.save`).
+"""A run's `weights/` (final, best): files anyone can load, safetensors + JSON sidecar.
+
+Written with `slimsr.save`; deployment files (ONNX / TFLite) are `slimsr export`'s job.
 
 Train-time forms (FMEN with RRRB + BatchNorm) are also written re-parameterised, as the plain
 deploy network (`slimsr.reparam.reparameterize_model`), next to the train-time weights.
@@ -16,7 +18,7 @@ from slimsr.model import SRModel
 from slimsr.registry import ModelInfo
 
 
-def export_model(
+def write_run_weights(
     net: nn.Module,
     info: ModelInfo,
     scale: int,

@@ -1,4 +1,7 @@
-"""The fast inference path shared by `profile`, `eval` and `upscale`.
+"""The fast inference form of a model, shared by `profile`, `eval` and `upscale`.
+
+This module prepares a model for inference (and runs a tensor through the prepared form); the
+pictures themselves (tiles, strips, files) are `upscale.py`'s job.
 
     fast = prepare_for_inference(model, "cpu")      # an SRModel (or a raw network)
     y = run_inference(fast, x)                      # same outputs as model(x), to ~1e-6
