@@ -12,9 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from slimsr.errors import SlimsrError
+from slimsr.export.runners import Runner, is_runtime_path, load_runner
 from slimsr.factory import create_model, load
 from slimsr.model import SRModel
-from slimsr.export.runners import Runner, is_runtime_path, load_runner
 
 
 def load_model(
