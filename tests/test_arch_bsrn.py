@@ -68,24 +68,6 @@ def test_official_checkpoint_detected_and_loads_strictly(
     assert count_parameters(net) == sum(t.numel() for t in sd.values())
 
 
-@pytest.mark.parametrize(
-    ("name", "scale", "kwargs"),
-    [
-        ("bsrn", 2, {}),
-        ("bsrn_s", 4, {}),
-        ("bsrn", 3, {"num_feat": 32, "num_block": 3}),
-        ("bsrn_s", 2, {"num_feat": 24, "num_block": 2}),
-    ],
-)
-def test_detector_round_trip(name: str, scale: int, kwargs: dict) -> None:
-    sd = build_network(name, scale, **kwargs).state_dict()
-    found = detect_bsrn(sd)
-    assert found is not None
-    assert (found.name, found.scale, found.kwargs) == (name, scale, kwargs)
-    build_network(found.name, found.scale, **found.kwargs).load_state_dict(found.state_dict)
-    assert detect_rfdn(sd) is None
-
-
 def test_detector_ignores_foreign_state_dicts() -> None:
     assert detect_bsrn({}) is None
     assert detect_bsrn(build_network("e_rfdn", 4).state_dict()) is None

@@ -43,19 +43,6 @@ def test_official_checkpoint_detected_and_loads_strictly() -> None:
     assert count_parameters(net) == PARAMS[4]
 
 
-@pytest.mark.parametrize(
-    ("scale", "kwargs"),
-    [(2, {}), (3, {}), (4, {}), (3, {"num_feat": 20, "num_block": 2}), (2, {"num_block": 6})],
-)
-def test_detector_round_trip(scale: int, kwargs: dict) -> None:
-    sd = build_network("e_rfdn", scale, **kwargs).state_dict()
-    found = detect_rfdn(sd)
-    assert found is not None
-    assert (found.name, found.scale, found.kwargs) == ("e_rfdn", scale, kwargs)
-    build_network(found.name, found.scale, **found.kwargs).load_state_dict(found.state_dict)
-    assert detect_bsrn(sd) is None
-
-
 def test_detector_ignores_foreign_state_dicts() -> None:
     assert detect_rfdn({}) is None
     for name in ("bsrn", "bsrn_s"):

@@ -179,6 +179,112 @@ def test_undeclared_families_get_the_cautious_defaults() -> None:
         register_family("odd", cpu_channels_last=False, tiling="nearly", registry=registry)  # type: ignore[arg-type]
 
 
+# -- detection: every registered variant, at every scale, comes back from its weights ----------
+
+# Non-default widths and depths: the detectors read them from tensor shapes. `expect` is what
+# the registry names the result when it differs from the builder's name: SwinIR has no name
+# in its keys, so a compact model is called after the nearest published width (36 is closer to
+# 24 than to 60) and a pixelshuffle tail means SwinIR-M with every hyper-parameter spelled out.
+SWINIR_TINY = {"embed_dim": 12, "depths": [2, 2], "num_heads": [3, 3]}
+CUSTOM: list[tuple[str, int, dict, tuple[str, dict] | None]] = [
+    ("bsrn", 3, {"num_feat": 32, "num_block": 3}, None),
+    ("bsrn_s", 2, {"num_feat": 24, "num_block": 2}, None),
+    ("e_rfdn", 3, {"num_feat": 20, "num_block": 2}, None),
+    ("e_rfdn", 2, {"num_block": 6}, None),
+    ("edsr_baseline", 2, {"num_feat": 32, "num_block": 4}, None),
+    ("edsrmini", 4, {"num_feat": 24}, None),
+    ("fmen_s", 3, {"n_feats": 24, "mid_feats": 12, "down_blocks": 2, "up_blocks": [1, 0, 2]}, None),
+    ("fmen", 4, {"up_blocks": [1, 2, 3, 2, 1]}, None),
+    (
+        "fmen_s_train",
+        2,
+        {
+            "n_feats": 20,
+            "mid_feats": 10,
+            "down_blocks": 3,
+            "up_blocks": [0, 2, 1, 1],
+            "backbone_expand_ratio": 3,
+            "attention_expand_ratio": 1,
+        },
+        None,
+    ),
+    ("swinirmini", 2, {"img_size": 48}, None),
+    (
+        "swinir_s",
+        4,
+        {"embed_dim": 36, "depths": [2, 2], "num_heads": [6, 6], "img_size": 32},
+        ("swinirmini", {"embed_dim": 36, "depths": [2, 2], "num_heads": [6, 6], "img_size": 32}),
+    ),
+    (
+        "swinirmini",
+        3,
+        {"upsampler": "pixelshuffle", "num_feat": 16, "mlp_ratio": 1.5, "window_size": 4},
+        (
+            "swinir_m",
+            {
+                "embed_dim": 24,
+                "depths": [4, 4, 4],
+                "num_heads": [6, 6, 6],
+                "window_size": 4,
+                "mlp_ratio": 1.5,
+                "img_size": 64,
+                "num_feat": 16,
+            },
+        ),
+    ),
+    (
+        "swinir_m",
+        4,
+        {**SWINIR_TINY, "upsampler": "nearest+conv", "resi_connection": "3conv", "img_size": 32},
+        None,
+    ),
+]
+ROUND_TRIPS = [
+    pytest.param(info.name, scale, {}, None, id=f"{info.name}-x{scale}")
+    for info in default_registry()
+    for scale in info.scales
+] + [pytest.param(*case, id=f"{case[0]}-x{case[1]}-custom{i}") for i, case in enumerate(CUSTOM)]
+FILE_CHECK_UP_TO = 2_000_000
+"""Round trips run on the meta device (shapes are all detection reads); the custom cases and
+each small variant at its default scale also go through a real file."""
+
+
+@pytest.mark.parametrize(("name", "scale", "kwargs", "expect"), ROUND_TRIPS)
+def test_detection_round_trip(
+    name: str, scale: int, kwargs: dict, expect: tuple[str, dict] | None, tmp_path
+) -> None:
+    """Sweep: the state dict of any variant is recognised as that variant, scale and
+    hyper-parameters by its own family's detector alone and loads strictly into the rebuilt
+    network; a bare safetensors file of it comes back through `slimsr.load` bit for bit."""
+    registry = default_registry()
+    info = registry.get(name)
+    expect_name, expect_kwargs = expect or (name, kwargs)
+    with torch.device("meta"):
+        net = info.build(scale, **kwargs)
+    sd = net.state_dict()
+    found = registry.detect(sd)
+    assert found is not None
+    assert (found.name, found.scale, found.kwargs) == (expect_name, scale, expect_kwargs)
+    assert registry.get(found.name).family == info.family
+    others = [f for f, detector in registry.detectors() if f != info.family and detector(sd)]
+    assert not others, f"{name} is also claimed by {others}"
+    if expect is not None:  # otherwise the rebuild is the same call that built `net`
+        with torch.device("meta"):
+            net = registry.get(found.name).build(found.scale, **found.kwargs)
+    net.load_state_dict(found.state_dict, strict=True)
+    if count_parameters(net) > FILE_CHECK_UP_TO or not (kwargs or scale == info.default_scale):
+        return
+    from safetensors.torch import save_file
+
+    sd = info.build(scale, **kwargs).state_dict()
+    path = tmp_path / "bare.safetensors"  # no description in the header: detection names it
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    model = slimsr.load(path)
+    assert (model.name, model.scale, model.kwargs) == (expect_name, scale, expect_kwargs)
+    for key, value in model.net.state_dict().items():
+        assert torch.equal(value, sd[key]), key
+
+
 def test_detection_asks_every_family_and_refuses_weights_two_families_claim() -> None:
     """Detection does not depend on the order families were imported in: when two detectors
     recognise the same weights, loading stops with one line naming both instead of guessing."""

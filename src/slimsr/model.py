@@ -18,29 +18,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from slimsr.archs.blocks import pad_to_multiple
 from slimsr.errors import UnsupportedDtypeError
 from slimsr.registry import ModelInfo, count_parameters
-
-
-def pad_input(
-    x: torch.Tensor, multiple: int = 1, min_size: int = 1
-) -> tuple[torch.Tensor, int, int]:
-    """Pad bottom/right to a multiple and at least `min_size`, by reflection.
-
-    Replicate padding is used where reflection is impossible (padding >= the image size).
-    Returns the padded tensor and the (bottom, right) padding added.
-    """
-    h, w = x.shape[-2:]
-    th, tw = max(h, min_size), max(w, min_size)
-    ph, pw = th - h + (-th) % multiple, tw - w + (-tw) % multiple
-    if ph == 0 and pw == 0:
-        return x, 0, 0
-    mode = "reflect" if ph < h and pw < w else "replicate"
-    return F.pad(x, (0, pw, 0, ph), mode=mode), ph, pw
-
 
 BORDER = 8
 """LR pixels of mirrored context added on every side before a prediction (see module doc).
@@ -123,7 +105,7 @@ class SRModel(nn.Module):
         """The network under the [0,1] convention, zero-padded at the image edge, unclamped
         (what ONNX export captures and what a distillation teacher gives)."""
         h, w = x.shape[-2:]
-        x, ph, pw = pad_input(x, self.info.size_multiple, self.info.min_size)
+        x, ph, pw = pad_to_multiple(x, self.info.size_multiple, self.info.min_size)
         r = self.info.input_range
         y = self.net(x * r) / r if r != 1.0 else self.net(x)
         if ph or pw:

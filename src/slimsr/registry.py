@@ -72,7 +72,7 @@ class ModelInfo:
     """Value range the raw network expects: 1.0 for [0,1] inputs, 255.0 for [0,255]."""
     default_scale: int
     size_multiple: int = 1
-    """Input H and W must be a multiple of this; the API wrapper pads by reflection."""
+    """Input H and W must be a multiple of this; `SRModel` pads by reflection (`pad_to_multiple`)."""
     min_size: int = 1
     """Smallest input H and W the network accepts (ESA's pooling needs 15 px); padded up to."""
     supports_fp16: bool = True

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +15,31 @@ from torch import Tensor, nn
 
 DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
 """Mean RGB of DIV2K in [0,1], subtracted by EDSR's and SwinIR's official networks."""
+
+
+def pad_to_multiple(
+    x: Tensor, multiple: int = 1, min_size: int = 1, *, branch_free: bool = False
+) -> tuple[Tensor, Any, Any]:
+    """Pad bottom/right to a multiple and at least `min_size`, by reflection: the one
+    definition, used by `SRModel` (the registry's `size_multiple` / `min_size`) and by networks
+    that run any size themselves (SwinIR, to its window), so an input `SRModel` already padded
+    is not padded again.
+
+    Replicate padding is used where reflection is impossible (padding >= the image size).
+    `branch_free`: one reflect pad with no test on the sizes, for graph capture (a Python
+    comparison of symbolic H and W would specialise the graph); needs `min_size` 1.
+    Returns the padded tensor and the (bottom, right) padding added.
+    """
+    h, w = x.shape[-2:]
+    if branch_free:
+        ph, pw = (-h) % multiple, (-w) % multiple
+        return F.pad(x, (0, pw, 0, ph), mode="reflect"), ph, pw
+    th, tw = max(h, min_size), max(w, min_size)
+    ph, pw = th - h + (-th) % multiple, tw - w + (-tw) % multiple
+    if ph == 0 and pw == 0:
+        return x, 0, 0
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode), ph, pw
 
 
 def conv3x3(in_ch: int, out_ch: int, bias: bool = True) -> nn.Conv2d:

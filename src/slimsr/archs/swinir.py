@@ -37,7 +37,13 @@ from slimsr.archs._compression import (
     weights_under,
 )
 from slimsr.archs._detect import count_indices, has_all, indices, pixelshuffle_scale
-from slimsr.archs.blocks import DIV2K_MEAN, OneStepUpsampler, PixelShuffleUpsampler, conv3x3
+from slimsr.archs.blocks import (
+    DIV2K_MEAN,
+    OneStepUpsampler,
+    PixelShuffleUpsampler,
+    conv3x3,
+    pad_to_multiple,
+)
 from slimsr.registry import Detection, register_detector, register_family, register_model
 
 PAPER = "Liang et al., SwinIR: Image Restoration Using Swin Transformer, ICCVW 2021"
@@ -463,17 +469,11 @@ class SwinIR(nn.Module):
 
     # -- forward -------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
-        """Any H x W: reflect-pad to a multiple of the window, run, crop to (H*s, W*s)."""
+        """Any H x W: pad to a multiple of the window (`pad_to_multiple`; a no-op for inputs
+        `SRModel` already padded), run, crop to (H*s, W*s)."""
         h, w = x.shape[-2:]
-        x = self.forward_aligned(self.pad_to_window(x))
-        return _crop(x, h * self.upscale, w * self.upscale)
-
-    def pad_to_window(self, x: Tensor) -> Tensor:
-        """Reflect-pad bottom and right to the next multiple of `window_size` (as the official
-        HEAD does). Reflection needs each side longer than its padding: H, W >= 5 for window 8."""
-        h, w = x.shape[-2:]
-        ws = self.window_size
-        return F.pad(x, (0, (-w) % ws, 0, (-h) % ws), mode="reflect")
+        x, _, _ = pad_to_multiple(x, self.window_size, branch_free=_capturing_graph())
+        return _crop(self.forward_aligned(x), h * self.upscale, w * self.upscale)
 
     def forward_aligned(self, x: Tensor) -> Tensor:
         """The network proper, for H and W already multiples of `window_size`."""

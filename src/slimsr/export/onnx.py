@@ -60,7 +60,7 @@ INPUT_NAME, OUTPUT_NAME = "input", "output"
 
 
 def _axis_gather(length: Any, multiple: int, min_size: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Source indices that pad one axis like `slimsr.model.pad_input`, and the padding.
+    """Source indices that pad one axis like `slimsr.archs.blocks.pad_to_multiple`, and the padding.
 
     Returns (reflect index, replicate index, padding). While tracing, `length` is a 0-d tensor,
     so all of this stays symbolic in the graph.
@@ -107,7 +107,7 @@ class ExportGraph(nn.Module):
     def _pad(self, x: Tensor, h: Any, w: Any) -> Tensor:
         rows_reflect, rows_clamp, pad_h = _axis_gather(h, self.multiple, self.min_size)
         cols_reflect, cols_clamp, pad_w = _axis_gather(w, self.multiple, self.min_size)
-        # pad_input reflects only when both paddings are shorter than the image.
+        # pad_to_multiple reflects only when both paddings are shorter than the image.
         reflect = (pad_h < torch.as_tensor(h)) & (pad_w < torch.as_tensor(w))
         rows = torch.where(reflect, rows_reflect, rows_clamp).to(x.device)
         cols = torch.where(reflect, cols_reflect, cols_clamp).to(x.device)
