@@ -147,6 +147,7 @@ def test_family_facts_are_declared_once_and_inherited() -> None:
         "edsr": (True, "exact"),
         "fmen": (True, "exact"),
         "rfdn": (True, "approximate"),
+        "rlfn": (False, "approximate"),
         "swinir": (True, "approximate"),
     }
     overrides = {
