@@ -33,6 +33,9 @@ EXPECTED_PARAMS = {
     "bsrn_s": (140_700, 147_195, 156_288),
     "e_rfdn": (417_212, 423_977, 433_448),
     "abpn": (33_464, 42_539, 62_048),
+    "rlfn": (526_856, 533_891, 543_740),
+    "rlfn_s": (454_620, 461_115, 470_208),
+    "rlfn_ntire": (302_278, 308_503, 317_218),
 }
 
 
@@ -144,6 +147,7 @@ def test_family_facts_are_declared_once_and_inherited() -> None:
         "edsr": (True, "exact"),
         "fmen": (True, "exact"),
         "rfdn": (True, "approximate"),
+        "rlfn": (False, "approximate"),
         "swinir": (True, "approximate"),
     }
     overrides = {
