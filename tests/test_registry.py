@@ -146,6 +146,8 @@ def test_family_facts_are_declared_once_and_inherited() -> None:
         "edsr": (True, "exact"),
         "fmen": (True, "exact"),
         "rfdn": (True, "approximate"),
+        "safmn": (False, "approximate"),
+        "smfanet": (False, "approximate"),
         "swinir": (True, "approximate"),
     }
     overrides = {
