@@ -34,6 +34,9 @@ SMALL: dict[str, dict] = {
     "fmen_s": FMEN_SMALL,
     "fmen_s_train": FMEN_SMALL,
     "fmen_train": FMEN_SMALL,
+    "safmn": {"dim": 8, "n_blocks": 1},
+    "safmn_ntire": {"dim": 8, "n_blocks": 1},
+    "smfanet": {"dim": 8, "n_blocks": 1},
     "swinir_m": {"embed_dim": 12, "depths": (2,), "num_heads": (2,), "num_feat": 16},
     "swinir_s": {"embed_dim": 12, "depths": (2,), "num_heads": (2,)},
     "swinirmini": {"depths": (2,), "num_heads": (6,)},  # one plain and one shifted block

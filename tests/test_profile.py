@@ -301,7 +301,17 @@ def test_prepare_for_inference_channels_last_keeps_outputs_and_keys() -> None:
 def test_channels_last_default_comes_from_the_family() -> None:
     registry = default_registry()
     families = registry.families()
-    assert {f.name for f in families} == {"abpn", "bsrn", "edsr", "fmen", "rfdn", "rlfn", "swinir"}
+    assert {f.name for f in families} == {
+        "abpn",
+        "bsrn",
+        "edsr",
+        "fmen",
+        "rfdn",
+        "rlfn",
+        "safmn",
+        "smfanet",
+        "swinir",
+    }
     for family in families:
         expected = family.cpu_channels_last
         name = next(

@@ -36,6 +36,8 @@ EXPECTED_PARAMS = {
     "rlfn": (526_856, 533_891, 543_740),
     "rlfn_s": (454_620, 461_115, 470_208),
     "rlfn_ntire": (302_278, 308_503, 317_218),
+    "safmn": (227_820, 232_695, 239_520),
+    "smfanet": (185_628, 190_503, 197_328),
 }
 
 
@@ -148,6 +150,8 @@ def test_family_facts_are_declared_once_and_inherited() -> None:
         "fmen": (True, "exact"),
         "rfdn": (True, "approximate"),
         "rlfn": (False, "approximate"),
+        "safmn": (False, "approximate"),
+        "smfanet": (False, "approximate"),
         "swinir": (True, "approximate"),
     }
     overrides = {

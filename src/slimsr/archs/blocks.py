@@ -252,3 +252,50 @@ class DistillationBlock(nn.Module):
         r3 = act(self.c3_r(r2) + r2)
         r4 = act(self.c4(r3))
         return self.c5(torch.cat([d1, d2, d3, r4], dim=1))
+
+
+def _capturing_graph() -> bool:
+    """True while the TorchScript tracer records a graph (ONNX export): sizes are then graph
+    values, and pooling to a size computed from them must be spelled with index gathers."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
+def pool_to_fraction(x: Tensor, divisor: int) -> Tensor:
+    """`F.adaptive_max_pool2d(x, (h // divisor, w // divisor))`, also traceable at dynamic sizes.
+
+    SAFMN and SMFANet pool to a fraction of the run-time size, which the ONNX exporter cannot
+    express with its fixed-kernel pooling. While tracing, each axis is reduced with gathers
+    instead: output i covers torch's window `[floor(i n / m), ceil((i + 1) n / m))`, and its
+    maximum is taken over offsets clamped to the window's last index (a repeat cannot change a
+    maximum), so the numbers are the same exactly. Needs h, w >= divisor.
+    """
+    h, w = x.shape[-2], x.shape[-1]
+    if not _capturing_graph():
+        return F.adaptive_max_pool2d(x, (h // divisor, w // divisor))
+    return _max_over_windows(_max_over_windows(x, -2, divisor), -1, divisor)
+
+
+def _max_over_windows(x: Tensor, dim: int, divisor: int) -> Tensor:
+    n = torch.as_tensor(x.shape[dim])
+    m = n // divisor
+    i = torch.arange(m).to(x.device)
+    start = (i * n) // m
+    last = ((i + 1) * n + m - 1) // m - 1
+    # n / m < 2 * divisor when m = n // divisor, and a window spans at most ceil(n / m) + 1.
+    result = x.index_select(dim, start)
+    for k in range(1, 2 * divisor + 1):
+        result = torch.maximum(result, x.index_select(dim, torch.minimum(start + k, last)))
+    return result
+
+
+def nearest_resize(x: Tensor, h: Any, w: Any) -> Tensor:
+    """`F.interpolate(x, size=(h, w), mode="nearest")`, also traceable at dynamic sizes: source
+    index `floor(i * (in / out))` in float32, as torch's kernel computes it, clamped."""
+    if not _capturing_graph():
+        return F.interpolate(x, size=(int(h), int(w)), mode="nearest")
+    for dim, size in ((-2, h), (-1, w)):
+        n = torch.as_tensor(x.shape[dim])
+        ratio = n.float() / torch.as_tensor(size).float()
+        src = torch.floor(torch.arange(torch.as_tensor(size)).float() * ratio).long()
+        x = x.index_select(dim, torch.minimum(src, n - 1).to(x.device))
+    return x
