@@ -130,6 +130,12 @@ CASES: list[tuple[str, list[str], str, int]] = [
         "not a folder",
         1,
     ),
+    (
+        "eval-report-no-out",
+        ["eval", "-m", "bicubic", "-s", "2", "--hr", "hr", "--report"],
+        "--report needs -o DIR",
+        1,
+    ),
     ("profile-device", ["profile", "-m", "edsrmini", "--device", "tpu0"], "unknown device", 1),
     (
         "export-out-folder",

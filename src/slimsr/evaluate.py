@@ -108,7 +108,8 @@ def model_upscaler(
     return lambda x: run_inference(fast, x)
 
 
-def _quant_name(name: str) -> str:
+def safe_file_name(name: str) -> str:
+    """`name` with every run of characters other than letters, digits, `.`, `-`, `_` made `_`."""
     return re.sub(r"[^\w.-]+", "_", name)
 
 
@@ -122,8 +123,13 @@ def evaluate_dataset(
     dtype: torch.dtype = torch.float32,
     save_dir: Path | None = None,
     on_image: Callable[[Row], None] | None = None,
+    on_output: Callable[[str, Tensor, Tensor, Tensor], None] | None = None,
 ) -> DatasetResult:
-    """Score `upscale` on every pair of `dataset`; bicubic is scored on the same pairs."""
+    """Score `upscale` on every pair of `dataset`; bicubic is scored on the same pairs.
+
+    `on_output(image, sr, bicubic, hr)` sees each scored image's (C,H,W) tensors (the report's
+    crops are cut there), so no caller has to keep whole images of a dataset in memory.
+    """
     result = DatasetResult(dataset.name, dataset.lr_source)
     bicubic = bicubic_upscaler(scale)
     for pair in dataset.pairs:
@@ -138,7 +144,9 @@ def evaluate_dataset(
             row.psnr, row.ssim = metrics["psnr"], metrics["ssim"]
             row.bicubic_psnr, row.bicubic_ssim = base["psnr"], base["ssim"]
             if save_dir is not None:
-                _save_outputs(save_dir / _quant_name(dataset.name), pair.name, sr, bic, hr)
+                _save_outputs(save_dir / safe_file_name(dataset.name), pair.name, sr, bic, hr)
+            if on_output is not None:
+                on_output(pair.name, sr, bic, hr)
         except SlimsrError as exc:  # this image is reported as failed; the others still run
             row.error = str(exc)
         result.rows.append(row)

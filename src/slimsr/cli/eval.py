@@ -29,14 +29,19 @@ from slimsr.evaluate import (
     bicubic_upscaler,
     evaluate_dataset,
     model_upscaler,
+    safe_file_name,
     self_ensemble,
 )
 from slimsr.export.runners import Runner
 from slimsr.fileio import atomic_write_text
 from slimsr.metrics import PROTOCOLS
 from slimsr.model import SRModel
+from slimsr.report import REPORT_FILE, CropWriter, ModelRun, write_report
 
 RESULT_FILES = ("results.json", "results.csv")
+
+Loaded = tuple[str, SRModel | Runner | None]
+"""(label, model or None for bicubic)."""
 
 
 def resolve_model(
@@ -57,6 +62,52 @@ def resolve_model(
         raise SlimsrError(f"-m {model} needs --weights: random weights give meaningless numbers")
     net = load_model(model, scale, weights, param_key=param_key, runtimes=True, tflite_io=tflite_io)
     return f"{net.name} ({weights.name})", net.scale, net
+
+
+def resolve_models(
+    models: list[str],
+    weights: list[Path],
+    scale: int | None,
+    param_key: str | None,
+    tflite_io: str = "auto",
+) -> tuple[int, list[Loaded]]:
+    """The models of `-m`/`-w`: one as `resolve_model` reads it, or several for a comparison.
+
+    Several models: one `-w` each, and `-m` either once per `-w` (same order) or not at all
+    (each architecture detected). Bicubic is no model to list: it is a column of every table.
+    """
+    if len(models) <= 1 and len(weights) <= 1:
+        label, scale, net = resolve_model(
+            models[0] if models else None,
+            scale,
+            weights[0] if weights else None,
+            param_key,
+            tflite_io,
+        )
+        return scale, [(label, net)]
+    if any(m.lower() == "bicubic" for m in models):
+        raise SlimsrError(
+            "-m bicubic cannot be one of several models: bicubic is already a column of every table"
+        )
+    if models and len(models) != len(weights):
+        raise SlimsrError(
+            f"{len(models)} -m and {len(weights)} -w: with several models give one -w per model, "
+            "and -m once per -w (same order) or not at all"
+        )
+    loaded: list[Loaded] = []
+    scales: set[int] = set()
+    for i, w in enumerate(weights):
+        label, s, net = resolve_model(models[i] if models else None, scale, w, param_key, tflite_io)
+        if any(label == seen for seen, _ in loaded):
+            label = f"{label} #{i + 1}"
+        loaded.append((label, net))
+        scales.add(s)
+    if len(scales) > 1:
+        raise SlimsrError(
+            f"the models have different scales ({', '.join(f'x{s}' for s in sorted(scales))}): "
+            "compare models of one scale"
+        )
+    return scales.pop(), loaded
 
 
 def collect_datasets(
@@ -111,21 +162,30 @@ def results_table(label: str, scale: int, protocol: str, results: list[DatasetRe
     return table
 
 
-def results_csv(results: list[DatasetResult]) -> str:
+def results_csv(results: list[DatasetResult], model: str | None = None) -> str:
+    """One line per image; with `model` (a comparison's file) a first column names the model."""
+    return results_csv_of([(model, results)])
+
+
+def results_csv_of(runs: list[tuple[str | None, list[DatasetResult]]]) -> str:
+    """The CSV of one run (no model column) or of several (a `model` column first)."""
     buf = io.StringIO()
-    fields = list(Row.__dataclass_fields__)
+    with_model = any(label is not None for label, _ in runs)
+    fields = (["model"] if with_model else []) + list(Row.__dataclass_fields__)
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
-    for res in results:
-        for row in res.rows:
-            writer.writerow(row.__dict__)
+    for label, results in runs:
+        for res in results:
+            for row in res.rows:
+                writer.writerow({"model": label, **row.__dict__} if with_model else row.__dict__)
     return buf.getvalue()
 
 
-def check_results_folder(out: Path, overwrite: bool) -> None:
+def check_results_folder(out: Path, overwrite: bool, report: bool = False) -> None:
     """Refuse a folder that is a file or already holds results (unless --overwrite)."""
     check_output_folder(out)
-    earlier = [out / name for name in RESULT_FILES if (out / name).exists()]
+    names = (*RESULT_FILES, REPORT_FILE) if report else RESULT_FILES
+    earlier = [out / name for name in names if (out / name).exists()]
     if earlier and not overwrite:
         raise SlimsrError(
             f"{earlier[0]} exists from an earlier run; pass -o NEW_FOLDER, or --overwrite to "
@@ -136,15 +196,23 @@ def check_results_folder(out: Path, overwrite: bool) -> None:
 @app.command(
     "eval",
     cls=Command,
-    short_help="PSNR/SSIM of a model (or bicubic) on benchmark sets.",
+    short_help="PSNR/SSIM of a model (or bicubic, or several models) on benchmark sets.",
 )
 def eval_command(
-    model: str = typer.Option(
-        None, "-m", "--model", metavar="NAME", help="Registered name, or 'bicubic'."
+    model: list[str] = typer.Option(
+        [],
+        "-m",
+        "--model",
+        metavar="NAME",
+        help="Registered name, or 'bicubic' (repeatable: one per -w, to compare models).",
     ),
     scale: int = typer.Option(None, "-s", "--scale", help="Upscaling factor."),
-    weights: Path = typer.Option(
-        None, "-w", "--weights", metavar="FILE", help="Weights file (any format)."
+    weights: list[Path] = typer.Option(
+        [],
+        "-w",
+        "--weights",
+        metavar="FILE",
+        help="Weights file (any format); repeat to compare several models in one run.",
     ),
     data: list[Path] = typer.Option(
         [], "--data", metavar="DIR", help="Dataset root with HR/ and LR_bicubic/X<s>/ (repeatable)."
@@ -172,6 +240,11 @@ def eval_command(
     save_images: bool = typer.Option(
         False, "--save-images", help="Write SR images and bicubic|SR|HR crops."
     ),
+    report: bool = typer.Option(
+        False,
+        "--report",
+        help="Write report.html in -o: tables and bicubic|model(s)|HR crops of every image.",
+    ),
     out: Path = typer.Option(
         None,
         "-o",
@@ -191,56 +264,99 @@ def eval_command(
 ) -> None:
     """Evaluate a model (or bicubic) on benchmark sets: PSNR/SSIM per image and mean.
 
-    An output folder holding an earlier run's results is refused unless --overwrite.
+    Several models (-w A -w B) are scored on the same images in one run; --report writes a
+    page to compare them. An output folder holding an earlier run's results is refused unless
+    --overwrite.
     """
     if protocol not in PROTOCOLS:
         raise SlimsrError(f"--protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
+    several = len(model) > 1 or len(weights) > 1
+    if out is None and (report or several):
+        what = "--report" if report else "several models"
+        raise SlimsrError(f"{what} needs -o DIR, the folder for results.json and report.html")
     if out is not None:
-        check_results_folder(out, overwrite)
-    label, scale, net = resolve_model(model, scale, weights, param_key, tflite_io)
+        check_results_folder(out, overwrite, report)
+    scale, loaded = resolve_models(model, weights, scale, param_key, tflite_io)
     if out is None:
-        out = Path("eval_results") / f"{label.split(' ')[0]}_x{scale}"
+        out = Path("eval_results") / f"{loaded[0][0].split(' ')[0]}_x{scale}"
         check_results_folder(out, overwrite)
     datasets = collect_datasets(data, hr, lr, scale, generate_lr)
     dev, dtype = resolve_device(device), resolve_dtype(fp16, bf16)
-    upscale: Upscaler
-    if net is None:
-        upscale, dtype = bicubic_upscaler(scale), torch.float32
-    else:
-        check_precision(net, dtype, dev)
-        if isinstance(net, SRModel):  # the fast inference path: fused form, measured layout
-            upscale = model_upscaler(net, dev, dtype, fuse=None if fuse else False)
-        else:
-            upscale = net.to(device=dev, dtype=dtype).eval()
-    if ensemble:
-        upscale = self_ensemble(upscale)
+    for _label, net in loaded:  # every refusal before the first image is run
+        if net is not None:
+            check_precision(net, dtype, dev)
+    crops = CropWriter(out) if report else None
     console = Console(markup=False, highlight=False, stderr=True)
-    results = []
-    for ds in datasets:
-        with console.status(f"{ds.name}: {len(ds.pairs)} images"):
-            results.append(
-                evaluate_dataset(
-                    upscale,
-                    ds,
-                    scale,
-                    protocol=protocol,
-                    device=dev,
-                    dtype=dtype,
-                    save_dir=out / "images" if save_images else None,
+    runs: list[ModelRun] = []
+    for index, (label, net) in enumerate(loaded):
+        upscale, run_dtype = _upscaler(net, scale, dev, dtype, fuse)
+        if ensemble:
+            upscale = self_ensemble(upscale)
+        images = out / "images" if not several else out / "images" / safe_file_name(label)
+        results = []
+        for ds_index, ds in enumerate(datasets):
+            with console.status(f"{label}: {ds.name}: {len(ds.pairs)} images"):
+                results.append(
+                    evaluate_dataset(
+                        upscale,
+                        ds,
+                        scale,
+                        protocol=protocol,
+                        device=dev,
+                        dtype=run_dtype,
+                        save_dir=images if save_images else None,
+                        on_output=crops.callback(ds_index, ds.name, index) if crops else None,
+                    )
                 )
-            )
-    Console(markup=False, highlight=False).print(results_table(label, scale, protocol, results))
-    report = {
-        "model": label,
-        "scale": scale,
-        "protocol": protocol,
-        "self_ensemble": ensemble,
-        "dtype": str(dtype).replace("torch.", ""),
-        "datasets": [r.to_dict() for r in results],
-    }
-    atomic_write_text(out / "results.json", json.dumps(report, indent=2) + "\n")
-    atomic_write_text(out / "results.csv", results_csv(results))
-    typer.echo(f"wrote {out / 'results.json'} and {out / 'results.csv'}")
-    failed = sum(len(r.rows) - len(r.ok_rows) for r in results)
+        Console(markup=False, highlight=False).print(results_table(label, scale, protocol, results))
+        runs.append(ModelRun(label, results))
+        dtype_name = str(run_dtype).replace("torch.", "")
+
+    def run_dict(run: ModelRun) -> dict:
+        return {
+            "model": run.label,
+            "scale": scale,
+            "protocol": protocol,
+            "self_ensemble": ensemble,
+            "dtype": dtype_name,
+            "datasets": [r.to_dict() for r in run.results],
+        }
+
+    if several:
+        summary = {
+            "scale": scale,
+            "protocol": protocol,
+            "self_ensemble": ensemble,
+            "models": [run_dict(run) for run in runs],
+        }
+        csv_text = results_csv_of([(run.label, run.results) for run in runs])
+    else:
+        summary, csv_text = run_dict(runs[0]), results_csv(runs[0].results)
+    atomic_write_text(out / "results.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out / "results.csv", csv_text)
+    written = f"{out / 'results.json'} and {out / 'results.csv'}"
+    if crops is not None:
+        border, use_y = PROTOCOLS[protocol]
+        crop = scale if border == "scale" else border
+        settings = (
+            f"x{scale}, protocol {protocol}: {'Y (BT.601)' if use_y else 'RGB'} PSNR/SSIM, "
+            f"border {crop}, SR as uint8; {dtype_name}" + (", x8 self-ensemble" if ensemble else "")
+        )
+        title = " vs ".join(run.label for run in runs) + f" x{scale}"
+        page = write_report(out, runs, crops, title, settings)
+        written = f"{out / 'results.json'}, {out / 'results.csv'} and {page}"
+    typer.echo(f"wrote {written}")
+    failed = sum(len(r.rows) - len(r.ok_rows) for run in runs for r in run.results)
     if failed:
         raise SlimsrError(f"{failed} image(s) could not be evaluated (see the note column)")
+
+
+def _upscaler(
+    net: SRModel | Runner | None, scale: int, dev: torch.device, dtype: torch.dtype, fuse: bool
+) -> tuple[Upscaler, torch.dtype]:
+    """The upscaler a loaded model runs as, and the dtype it runs in (bicubic: float32)."""
+    if net is None:
+        return bicubic_upscaler(scale), torch.float32
+    if isinstance(net, SRModel):  # the fast inference path: fused form, measured layout
+        return model_upscaler(net, dev, dtype, fuse=None if fuse else False), dtype
+    return net.to(device=dev, dtype=dtype).eval(), dtype

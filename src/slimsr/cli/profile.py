@@ -1,5 +1,5 @@
 """`slimsr profile`: params, FLOPs (every convention, labelled), activations, convs, runtime,
-peak memory of one model, as a table and as JSON."""
+peak memory of one model, as a table and as JSON; or of several, one row each (`--table`)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,14 @@ from slimsr.model import SRModel
 from slimsr.profile.counting import CONVENTION_NOTES, CONVENTIONS
 from slimsr.profile.report import ProfileReport, profile_model
 from slimsr.profile.sizes import parse_size
+from slimsr.profile.table import (
+    check_convention,
+    efficiency_row,
+    header,
+    markdown_table,
+    row_cells,
+    table_note,
+)
 from slimsr.profile.timing import busy_cpu_warning
 
 
@@ -98,7 +106,13 @@ def report_table(report: ProfileReport) -> Table:
     short_help="Params, FLOPs, activations, runtime and peak memory of a model.",
 )
 def profile_command(
-    model: str = typer.Option(None, "-m", "--model", metavar="NAME", help="Registered model name."),
+    model: list[str] = typer.Option(
+        [],
+        "-m",
+        "--model",
+        metavar="NAME",
+        help="Registered model name (repeatable: several give the --table).",
+    ),
     scale: int = typer.Option(None, "-s", "--scale", help="Upscaling factor."),
     weights: Path = typer.Option(
         None,
@@ -140,35 +154,102 @@ def profile_command(
     bf16: bool = typer.Option(False, "--bf16", help="Time bfloat16 (models that support it)."),
     no_runtime: bool = typer.Option(False, "--no-runtime", help="Counts only: no timing."),
     no_memory: bool = typer.Option(False, "--no-memory", help="Skip the peak-memory run."),
+    table: bool = typer.Option(
+        False,
+        "--table",
+        help="One row per model (the NTIRE efficiency table); implied by -m A -m B.",
+    ),
+    flops: str = typer.Option(
+        "ntire2022",
+        "--flops",
+        metavar="CONVENTION",
+        help=f"The --table's FLOPs convention: {' | '.join(CONVENTIONS)}.",
+    ),
     json_out: Path = typer.Option(
-        None, "--json", metavar="FILE", help="Write the report as JSON to this file."
+        None, "--json", metavar="FILE", help="Write the report (or the table) as JSON to this file."
+    ),
+    markdown_out: Path = typer.Option(
+        None, "--markdown", metavar="FILE", help="Write the --table as markdown to this file."
     ),
 ) -> None:
-    """Params, FLOPs in every convention, activations, convs, runtime and peak memory."""
+    """Params, FLOPs in every convention, activations, convs, runtime and peak memory.
+
+    Several models (-m A -m B, or --table) give one row each, FLOPs in the --flops convention.
+    """
     if input_size is not None and output_size is not None:
         raise SlimsrError("give --input or --output, not both")
-    net = _resolve(model, scale, weights)
+    table = table or len(model) > 1
+    if not table:
+        if markdown_out is not None:
+            raise SlimsrError("--markdown writes the --table: add --table")
+        if flops != "ntire2022":
+            raise SlimsrError("--flops picks the --table's column; one model's report has them all")
+    else:
+        check_convention(flops)
+        if weights is not None:
+            raise SlimsrError(
+                "--table profiles registered names (-m NAME ...), not --weights files"
+            )
+        if not model:
+            raise SlimsrError("--table needs -m NAME (repeatable)")
+    for path in (json_out, markdown_out):
+        if path is not None and path.is_dir():
+            raise SlimsrError(f"{path}: is a folder; give a file name")
+    nets = (
+        [_resolve(m, scale, None) for m in model]
+        if table
+        else [_resolve(model[0] if model else None, scale, weights)]
+    )
     # --fp16 / --bf16 are refused by `profile_model` only when it runs the model (counts work)
     dev, dtype = resolve_device(device), resolve_dtype(fp16, bf16)
-    report = profile_model(
-        net,
-        input_hw=parse_size(input_size) if input_size else None,
-        output_hw=parse_size(output_size) if output_size else None,
-        device=dev,
-        threads=threads,
-        warmup=warmup,
-        repeats=repeats,
-        channels_last=channels_last,
-        compile=compile_,
-        fuse=fuse,
-        runtime=not no_runtime,
-        memory=not no_memory,
-        dtype=dtype,
-    )
-    Console(markup=False, highlight=False, width=150).print(report_table(report))
-    warning = busy_cpu_warning(report.settings) if report.runtime else None
+    reports = [
+        profile_model(
+            net,
+            input_hw=parse_size(input_size) if input_size else None,
+            output_hw=parse_size(output_size) if output_size else None,
+            device=dev,
+            threads=threads,
+            warmup=warmup,
+            repeats=repeats,
+            channels_last=channels_last,
+            compile=compile_,
+            fuse=fuse,
+            runtime=not no_runtime,
+            memory=not no_memory,
+            dtype=dtype,
+        )
+        for net in nets
+    ]
+    console = Console(markup=False, highlight=False, width=150)
+    if table:
+        rows = [efficiency_row(r, flops) for r in reports]
+        note = table_note(reports, flops)
+        console.print(efficiency_table(rows, flops, note))
+        payload: Any = {
+            "flops_convention": flops,
+            "note": note,
+            "rows": rows,
+            "reports": [r.to_dict() for r in reports],
+        }
+    else:
+        console.print(report_table(reports[0]))
+        payload = reports[0].to_dict()
+    warning = busy_cpu_warning(reports[0].settings) if reports[0].runtime else None
     if warning:
         typer.echo(f"warning: {warning}", err=True)
     if json_out is not None:
-        atomic_write_text(json_out, json.dumps(report.to_dict(), indent=2) + "\n")
+        atomic_write_text(json_out, json.dumps(payload, indent=2) + "\n")
         typer.echo(f"wrote {json_out}")
+    if markdown_out is not None:
+        atomic_write_text(markdown_out, markdown_table(rows, flops, note))
+        typer.echo(f"wrote {markdown_out}")
+
+
+def efficiency_table(rows: list[dict[str, Any]], convention: str, note: str) -> Table:
+    """The rows as a rich table, the convention in the FLOPs header, the note as caption."""
+    table = Table(title="efficiency", caption=note, show_header=True)
+    for col in header(convention):
+        table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
+    for row in rows:
+        table.add_row(*row_cells(row))
+    return table

@@ -10,7 +10,8 @@ own module so that each convention is defined in one place:
 - `timing`: CPU wall clock at a fixed thread count, the NTIRE CUDA-event protocol;
 - `memory`: CUDA `max_memory_allocated`, CPU peak RSS measured in a child process
   (`python -m slimsr.profile --rss-child`, `__main__.py`);
-- `report`: `profile_model`, which gathers all of them into a `ProfileReport`.
+- `report`: `profile_model`, which gathers all of them into a `ProfileReport`;
+- `table`: the one-row-per-model efficiency table of several reports (`slimsr profile --table`).
 
 This package re-exports their public names, so `from slimsr.profile import X` works for each.
 """
