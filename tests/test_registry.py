@@ -197,6 +197,15 @@ SWINIR_TINY = {"embed_dim": 12, "depths": [2, 2], "num_heads": [3, 3]}
 CUSTOM: list[tuple[str, int, dict, tuple[str, dict] | None]] = [
     ("bsrn", 3, {"num_feat": 32, "num_block": 3}, None),
     ("bsrn_s", 2, {"num_feat": 24, "num_block": 2}, None),
+    # Paper-ablation switches that change keys / shapes (tests/test_ablations.py has the rest).
+    ("bsrn", 4, {"conv": "dsconv"}, None),
+    ("bsrn", 2, {"num_feat": 16, "num_block": 2, "conv": "bsconvs"}, None),
+    ("bsrn", 3, {"esa": False, "cca": False}, None),
+    ("bsrn_s", 4, {"esa": False}, None),
+    ("fmen", 4, {"attn": "cca"}, None),
+    ("fmen_s", 2, {"attn": "esa", "down_blocks": 2, "up_blocks": [1, 1, 1]}, None),
+    ("fmen_s_train", 4, {"attn": "none"}, None),
+    ("fmen_train", 2, {"block": "pb"}, None),
     ("e_rfdn", 3, {"num_feat": 20, "num_block": 2}, None),
     ("e_rfdn", 2, {"num_block": 6}, None),
     ("edsr_baseline", 2, {"num_feat": 32, "num_block": 4}, None),

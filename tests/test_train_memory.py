@@ -30,7 +30,11 @@ from tests.train_utils import tiny_recipe
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted(
     str(p.relative_to(REPO / "configs"))
-    for p in [*(REPO / "configs").glob("*.yaml"), *(REPO / "configs" / "campaign").glob("*.yaml")]
+    for p in [
+        *(REPO / "configs").glob("*.yaml"),
+        *(REPO / "configs" / "campaign").glob("*.yaml"),
+        *(REPO / "configs" / "ablations").glob("*.yaml"),
+    ]
 )
 
 

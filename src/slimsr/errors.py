@@ -33,3 +33,7 @@ class UnsupportedDtypeError(SlimsrError, ValueError):
 
 class CompressionError(SlimsrError, ValueError):
     """A model, density or artifact the compression workflow cannot use."""
+
+
+class ArchOptionError(SlimsrError, ValueError):
+    """An architecture switch (e.g. a paper-ablation kwarg) given a value it does not have."""

@@ -18,21 +18,46 @@ import re
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from slimsr.archs._detect import indices, pixelshuffle_scale
+from slimsr.archs._switches import choose, flag
 from slimsr.archs.blocks import dcr_to_crd
 from slimsr.registry import Detection, register_detector, register_family, register_model
 
+RESIDUALS = ("anchor", "none", "nearest", "bilinear", "feature")
+"""Residual learning of the paper's Table 2: ABRL (the anchor), none (the baseline), an image-
+space nearest / bilinear upscale of the input, or feature-space (FSRL)."""
+
 
 class ABPN(nn.Module):
-    """ABPN on RGB in [0,255]; `convs.0..{num_convs-1}`, ReLU after all but the last."""
+    """ABPN on RGB in [0,255]; `convs.0..{num_convs-1}`, ReLU after all but the last.
+
+    The paper's ablations are switches (none changes the weights, so sidecars carry them); the
+    defaults are the published network:
+
+    - `residual`: "anchor" (default, ABRL), "none", "nearest", "bilinear" (image-space, added
+      after the pixel shuffle) or "feature" (FSRL: the first conv's features added to the last
+      `num_feat`-wide features, before the two transition convs) (Table 2);
+    - `clip`: False drops the final clip to [0,255] (the paper's first MAI 2021 submission,
+      Sec. 4.5).
+    """
 
     def __init__(
-        self, scale: int, num_feat: int = 28, num_mid: int = 4, in_ch: int = 3, out_ch: int = 3
+        self,
+        scale: int,
+        num_feat: int = 28,
+        num_mid: int = 4,
+        in_ch: int = 3,
+        out_ch: int = 3,
+        residual: str = "anchor",
+        clip: bool = True,
     ) -> None:
         super().__init__()
         self.scale = scale
+        self.residual = choose("abpn", "residual", residual, RESIDUALS)
+        self.clip = flag("abpn", "clip", clip)
         s2 = scale * scale
         chans = [in_ch] + [num_feat] * (num_mid + 1) + [out_ch * s2, out_ch * s2]
         self.convs = nn.ModuleList(
@@ -42,12 +67,28 @@ class ABPN(nn.Module):
         self.shuffle = nn.PixelShuffle(scale)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.residual == "anchor":
+            return self._forward_anchor(x)
+        y = self.act(self.convs[0](x))
+        shallow = y
+        for conv in self.convs[1:-2]:
+            y = self.act(conv(y))
+        if self.residual == "feature":
+            y = y + shallow
+        y = self.shuffle(self.convs[-1](self.act(self.convs[-2](y))))
+        if self.residual in ("nearest", "bilinear"):
+            y = y + F.interpolate(x, scale_factor=self.scale, mode=self.residual)
+        return torch.clamp(y, 0.0, 255.0) if self.clip else y
+
+    def _forward_anchor(self, x: Tensor) -> Tensor:
+        """The published graph, node for node (quantisation and export rely on its shape)."""
         anchor = x.repeat_interleave(self.scale * self.scale, dim=1)
         y = x
         for conv in self.convs[:-1]:
             y = self.act(conv(y))
         y = self.convs[-1](y) + anchor
-        return torch.clamp(self.shuffle(y), 0.0, 255.0)
+        y = self.shuffle(y)
+        return torch.clamp(y, 0.0, 255.0) if self.clip else y
 
 
 # CPU layout (channels_last / contiguous time at x2 / x3 / x4): abpn 0.76 / 0.69 / 0.80.

@@ -159,6 +159,44 @@ class BSConvU(nn.Module):
         return self.dw(self.pw(x))
 
 
+class BSConvS(nn.Module):
+    """Blueprint separable conv (subspace): 1x1 `pw1` to a narrow subspace, 1x1 `pw2`, then `dw`.
+
+    The subspace is a quarter of the input channels (at least 4, at most all), as in the BSConv
+    and BSRN repositories. BSRN's Table 1 compares it with BSConvU and DSConv. The paper's
+    orthonormality regulariser on `pw1` is a loss term, not part of the network, and is not here.
+    """
+
+    def __init__(
+        self, in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1, padding: int = 1
+    ) -> None:
+        super().__init__()
+        mid = min(in_ch, max(4, math.ceil(0.25 * in_ch)))
+        self.pw1 = conv1x1(in_ch, mid, False)
+        self.pw2 = conv1x1(mid, out_ch, False)
+        self.dw = nn.Conv2d(out_ch, out_ch, kernel_size, stride, padding, groups=out_ch)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dw(self.pw2(self.pw1(x)))
+
+
+class DSConv(nn.Module):
+    """Depthwise separable conv: depthwise `dw` (with bias) first, then a bias-free 1x1 `pw`.
+
+    The reverse order of BSConvU (BSRN's Table 1 baseline decomposition).
+    """
+
+    def __init__(
+        self, in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1, padding: int = 1
+    ) -> None:
+        super().__init__()
+        self.dw = nn.Conv2d(in_ch, in_ch, kernel_size, stride, padding, groups=in_ch)
+        self.pw = conv1x1(in_ch, out_ch, False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pw(self.dw(x))
+
+
 ConvFactory = Callable[[int, int], nn.Module]
 """Builds a layer from (in_channels, out_channels); how ESA is told which conv flavour to use."""
 

@@ -11,6 +11,7 @@ The networks need LR inputs of at least 15x15 (see `ESA`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -19,61 +20,91 @@ from torch import Tensor, nn
 
 from slimsr.archs._compression import ArchSpec, Built, Dims, check_net
 from slimsr.archs._detect import has_all, indices, pixelshuffle_scale
+from slimsr.archs._switches import choose, flag
 from slimsr.archs.blocks import (
     ESA,
+    BSConvS,
     BSConvU,
     CCALayer,
     ChannelLinear,
     ConvFactory,
     DistillationBlock,
+    DSConv,
     OneStepUpsampler,
     conv1x1,
     conv3x3_down,
 )
+from slimsr.errors import ArchOptionError
 from slimsr.registry import Detection, register_detector, register_family, register_model
 
 PAPER = "Li et al., Blueprint Separable Residual Network for Efficient Image SR, CVPRW 2022"
 LAYOUTS = ("bsrn", "bsrn_s")
+CONVS = ("bsconvu", "bsconvs", "dsconv")
+"""Table 1 of the paper: the 3x3 decomposition used everywhere (stem, blocks, ESA, fusion)."""
+ACTS: dict[str, Callable[[], nn.Module]] = {
+    "gelu": nn.GELU,
+    "relu": nn.ReLU,
+    # The paper gives no slope; 0.05 is RFDN's, the network BSRN is derived from.
+    "lrelu": partial(nn.LeakyReLU, 0.05),
+    "hswish": nn.Hardswish,
+}
+"""Table 3 of the paper: the activation of the blocks, ESA and the fusion (GELU is the paper's)."""
+_CONV_CLASSES: dict[str, Callable[..., nn.Module]] = {
+    "bsconvu": BSConvU,
+    "bsconvs": BSConvS,
+    "dsconv": DSConv,
+}
 
 
-def _layers(layout: str) -> tuple[ConvFactory, ConvFactory]:
-    """(1x1 layer, 3x3 BSConvU) of a layout: conv-based for BSRN, Linear-based for BSRN-S."""
+def _layers(layout: str, conv: str = "bsconvu") -> tuple[ConvFactory, Callable[..., nn.Module]]:
+    """(1x1 layer, 3x3 separable conv) of a layout: conv-based for BSRN, Linear-based for
+    BSRN-S (which exists only with BSConvU)."""
     if layout == "bsrn":
-        return conv1x1, BSConvU
+        return conv1x1, _CONV_CLASSES[conv]
     if layout == "bsrn_s":
         return ChannelLinear, partial(BSConvU, linear_pw=True)
     raise ValueError(f"unknown BSRN layout {layout!r}; expected one of {LAYOUTS}")
 
 
-def _esa(num_feat: int, layout: str) -> ESA:
-    """BSRN's ESA is all BSConvU; BSRN-S keeps a plain conv for the stride-2 reduction."""
-    pointwise, conv = _layers(layout)
-    down = conv3x3_down if layout == "bsrn_s" else partial(BSConvU, stride=2, padding=0)
-    return ESA(num_feat, pointwise, conv, down, nn.GELU)
+def _esa(num_feat: int, layout: str, conv: str, act: str) -> ESA:
+    """BSRN's ESA is all separable convs; BSRN-S keeps a plain conv for the stride-2 reduction."""
+    pointwise, sep = _layers(layout, conv)
+    down = conv3x3_down if layout == "bsrn_s" else partial(sep, stride=2, padding=0)
+    return ESA(num_feat, pointwise, sep, down, ACTS[act])
 
 
 class ESDB(DistillationBlock):
     """Efficient separable distillation block: three BSRB steps that each split off half the
     channels, a fourth BSConv, a 1x1 fusion, ESA, then CCA (BSRN) or `cw` + `conv_out`
-    (BSRN-S), plus the block input."""
+    (BSRN-S), plus the block input. `esa` / `cca` off drop those modules (Table 2)."""
 
-    def __init__(self, num_feat: int, layout: str = "bsrn") -> None:
+    def __init__(
+        self,
+        num_feat: int,
+        layout: str = "bsrn",
+        conv: str = "bsconvu",
+        esa: bool = True,
+        cca: bool = True,
+        act: str = "gelu",
+    ) -> None:
         super().__init__()
-        pointwise, conv = _layers(layout)
+        pointwise, sep = _layers(layout, conv)
         dc = num_feat // 2
         self.c1_d = pointwise(num_feat, dc)
-        self.c1_r = conv(num_feat, num_feat)
+        self.c1_r = sep(num_feat, num_feat)
         self.c2_d = pointwise(num_feat, dc)
-        self.c2_r = conv(num_feat, num_feat)
+        self.c2_r = sep(num_feat, num_feat)
         self.c3_d = pointwise(num_feat, dc)
-        self.c3_r = conv(num_feat, num_feat)
-        self.c4 = conv(num_feat, dc)
-        self.act = nn.GELU()
+        self.c3_r = sep(num_feat, num_feat)
+        self.c4 = sep(num_feat, dc)
+        self.act = ACTS[act]()
         self.c5 = pointwise(4 * dc, num_feat)
-        self.esa = _esa(num_feat, layout)
+        self.esa: nn.Module = _esa(num_feat, layout, conv, act) if esa else nn.Identity()
         self.cca: nn.Module | None = None
+        self.conv_out: nn.Module | None = None
         if layout == "bsrn":
-            self.cca = CCALayer(num_feat)
+            if cca:
+                self.cca = CCALayer(num_feat)
         else:
             # The official code draws the channel weights from N(1, 0.2).
             self.cw = nn.Parameter(torch.normal(1.0, 0.2, size=(1, num_feat)))
@@ -83,7 +114,7 @@ class ESDB(DistillationBlock):
         out = self.esa(self.distill(x))
         if self.cca is not None:
             out = self.cca(out)
-        else:
+        elif self.conv_out is not None:
             out = self.conv_out(out * self.cw[:, :, None, None])
         return out + x
 
@@ -103,22 +134,48 @@ class BSRN(nn.Module):
     """BSRN (`layout="bsrn"`) or BSRN-S (`layout="bsrn_s"`); RGB in [0,1].
 
     Blocks are attributes `B1..Bn` as in the official code (which hard-codes 8 or 5 of them).
+    The paper's ablations are switches; the defaults are the published network:
+
+    - `conv`: "bsconvu" (default), "bsconvs" or "dsconv", the separable 3x3 everywhere
+      (Table 1; BSRN layout only);
+    - `esa`, `cca`: False drops ESA / CCA from every block (Table 2; `cca` is BSRN layout only);
+    - `act`: "gelu" (default), "relu", "lrelu" (slope 0.05) or "hswish" in the blocks, ESA and
+      the fusion (Table 3); it leaves no trace in the weights, so sidecars carry it;
+    - Table 4's BSRN-1 / BSRN-2 are sizes: `num_block=4` / `num_block=10` (see docs/ablations.md).
     """
 
     def __init__(
-        self, scale: int, num_feat: int = 64, num_block: int = 8, layout: str = "bsrn"
+        self,
+        scale: int,
+        num_feat: int = 64,
+        num_block: int = 8,
+        layout: str = "bsrn",
+        conv: str = "bsconvu",
+        esa: bool = True,
+        cca: bool = True,
+        act: str = "gelu",
     ) -> None:
         super().__init__()
-        pointwise, conv = _layers(layout)
+        layout = choose("bsrn", "layout", layout, LAYOUTS)
+        conv = choose("bsrn", "conv", conv, CONVS)
+        act = choose("bsrn", "act", act, tuple(ACTS))
+        esa, cca = flag("bsrn", "esa", esa), flag("bsrn", "cca", cca)
+        if layout == "bsrn_s" and (conv != "bsconvu" or not cca):
+            raise ArchOptionError(
+                "bsrn_s: conv and cca are BSRN switches (BSRN-S is BSConvU with channel weights)"
+            )
+        pointwise, sep = _layers(layout, conv)
         # The RGB input is replicated 4 times before the first BSConv, hence 12 channels.
-        self.fea_conv = conv(3 * 4, num_feat)
+        self.fea_conv = sep(3 * 4, num_feat)
         self.num_block = num_block
         for i in range(1, num_block + 1):
-            self.add_module(f"B{i}", ESDB(num_feat, layout))
+            self.add_module(f"B{i}", ESDB(num_feat, layout, conv, esa, cca, act))
         self.c1 = pointwise(num_feat * num_block, num_feat)
-        self.GELU = nn.GELU()
-        self.c2 = conv(num_feat, num_feat)
+        self.GELU = ACTS[act]()  # the official attribute name, whatever the activation
+        self.c2 = sep(num_feat, num_feat)
         self.upsampler = PixelShuffleDirect(num_feat, scale)
+        # `slimsr.fused.bsrn` covers BSConvU blocks with ESA and CCA / channel weights.
+        self.fusable = conv == "bsconvu" and esa and cca and act != "hswish"
 
     def forward(self, x: Tensor) -> Tensor:
         fea = self.fea_conv(torch.cat([x, x, x, x], dim=1))
@@ -209,24 +266,41 @@ _DEFAULTS = {"bsrn": (64, 8), "bsrn_s": (48, 5)}
 _UPSAMPLER = "upsampler.upsampleOneStep.0.weight"
 
 
+def _conv_of(sd: dict[str, Tensor], num_feat: int) -> str | None:
+    """Which separable conv built these weights (Table 1), from the stem's and `B1.c4`'s keys:
+    BSConvS has `pw1`; DSConv's depthwise step comes first, so it runs at the input width."""
+    if "fea_conv.pw1.weight" in sd:
+        return "bsconvs"
+    c4_dw = sd.get("B1.c4.dw.weight")
+    if c4_dw is None:
+        return None
+    return "dsconv" if c4_dw.shape[0] == num_feat else "bsconvu"
+
+
 @register_detector("bsrn")
 def detect_bsrn(sd: dict[str, Tensor]) -> Detection | None:
-    """BSConvU stem (`fea_conv.pw`/`.dw`), blocks `B1..Bn`, `upsampler.upsampleOneStep`.
+    """Separable stem (`fea_conv.*`), blocks `B1..Bn`, `upsampler.upsampleOneStep`.
 
-    BSRN-S is told apart by its channel weights `B1.cw` / 2-D (Linear) pointwise weights.
+    BSRN-S is told apart by its channel weights `B1.cw` / 2-D (Linear) pointwise weights. The
+    Table 1/2 switches show in the keys (conv type, ESA, CCA) and are read back; `act` does not,
+    so a file without a sidecar comes back with GELU.
     """
-    if not has_all(sd, ("fea_conv.pw.weight", "fea_conv.dw.weight", "c1.weight", _UPSAMPLER)):
+    if not has_all(sd, ("fea_conv.dw.weight", "c1.weight", _UPSAMPLER)):
         return None
-    pw = sd["fea_conv.pw.weight"]
-    if pw.ndim not in (2, 4) or sd[_UPSAMPLER].ndim != 4:
+    c1 = sd["c1.weight"]
+    if c1.ndim not in (2, 4) or sd[_UPSAMPLER].ndim != 4:
         return None
-    layout = "bsrn_s" if ("B1.cw" in sd or pw.ndim == 2) else "bsrn"
-    num_feat = pw.shape[0]
+    layout = "bsrn_s" if ("B1.cw" in sd or c1.ndim == 2) else "bsrn"
+    num_feat = c1.shape[0]
     blocks = indices(sd, r"B(\d+)\.c1_d\.weight")
-    if pw.shape[1] != 12 or blocks != list(range(1, len(blocks) + 1)) or not blocks:
+    if not blocks or blocks != list(range(1, len(blocks) + 1)):
         return None
     num_block = len(blocks)
-    if sd["c1.weight"].shape[:2] != (num_feat, num_feat * num_block):
+    conv = _conv_of(sd, num_feat)
+    stem = {"bsconvs": ("fea_conv.pw1.weight", 1), "dsconv": ("fea_conv.dw.weight", 0)}
+    key, dim = stem.get(conv or "", ("fea_conv.pw.weight", 1))
+    stem_in = sd[key].shape[dim] if key in sd else None
+    if conv is None or stem_in != 12 or c1.shape[:2] != (num_feat, num_feat * num_block):
         return None
     scale = pixelshuffle_scale(sd[_UPSAMPLER].shape[0])
     if scale is None:
@@ -237,4 +311,10 @@ def detect_bsrn(sd: dict[str, Tensor]) -> Detection | None:
         kwargs["num_feat"] = num_feat
     if num_block != block:
         kwargs["num_block"] = num_block
+    if conv != "bsconvu":
+        kwargs["conv"] = conv
+    if not any(k.startswith("B1.esa.") for k in sd):
+        kwargs["esa"] = False
+    if layout == "bsrn" and not any(k.startswith("B1.cca.") for k in sd):
+        kwargs["cca"] = False
     return Detection(layout, scale, kwargs, dict(sd))

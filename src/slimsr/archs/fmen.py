@@ -28,7 +28,8 @@ from torch import Tensor, nn
 
 from slimsr.archs._compression import ArchSpec, Built, Dims, check_net, weights_under
 from slimsr.archs._detect import has_all, indices, pixelshuffle_scale
-from slimsr.archs.blocks import OneStepUpsampler, conv3x3
+from slimsr.archs._switches import choose
+from slimsr.archs.blocks import ESA, CCALayer, OneStepUpsampler, conv3x3
 from slimsr.registry import Detection, register_detector, register_family, register_model
 
 NEG_SLOPE = 0.1
@@ -36,6 +37,12 @@ PAPER = (
     "Du et al., Fast and Memory-Efficient Network Towards Efficient Image Super-Resolution, "
     "CVPRW 2022 (NTIRE 2022 ESR)"
 )
+
+
+BLOCKS = ("erb", "rb", "pb")
+"""Backbone block types of the paper's Table 1 / Fig. 5: ERB (FMEN's), RB (EDSR's), plain."""
+ATTENTIONS = ("hfab", "cca", "esa", "none")
+"""Attention of the paper's Table 2: HFAB (FMEN's), contrast-aware channel, enhanced spatial."""
 
 
 def _act(x: Tensor) -> Tensor:
@@ -133,6 +140,17 @@ class ERB(nn.Module):
         return self.conv2(_act(self.conv1(x)))
 
 
+class ResidualBlock(ERB):
+    """EDSR's residual block (RB) in ERB's keys: conv1 -> LeakyReLU -> conv2, plus the input.
+
+    The "RB" of the paper's Fig. 5 / Table 1 (`block="rb"`); unlike an ERB its skip stays in the
+    deploy graph.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv2(_act(self.conv1(x))) + x
+
+
 class HFAB(nn.Module):
     """High-frequency attention block, deploy form (BNs folded): x * sigmoid(branch(x))."""
 
@@ -158,6 +176,14 @@ class _FMENBase(nn.Module):
 
     The warm-up HFAB is 4 channels narrower than the others, as in the official code.
     `hparams` records the constructor arguments so the other form can be built from them.
+    The paper's ablations are switches; the defaults are the published network:
+
+    - `block`: "erb" (default), "rb" (EDSR residual block) or "pb" (plain block, RB without its
+      skip) for the backbone blocks `ERBs.*` (Table 1, Fig. 5; the ERBs inside HFABs stay). RB
+      and PB are two plain 3x3 convs in both forms, so they have no RRRB to fold;
+    - `attn`: "hfab" (default), "cca", "esa" or "none" in every attention slot (the warm-up one
+      and `HFABs.*`; Table 2). With anything but "hfab", `mid_feats`, `up_blocks`' values and
+      `attention_expand_ratio` go unused. ESA needs inputs of at least 15x15.
     """
 
     def __init__(
@@ -169,6 +195,8 @@ class _FMENBase(nn.Module):
         up_blocks: Sequence[int] = (2, 1, 1, 1, 1),
         backbone_expand_ratio: int = 2,
         attention_expand_ratio: int = 2,
+        block: str = "erb",
+        attn: str = "hfab",
     ) -> None:
         super().__init__()
         up_blocks = tuple(int(u) for u in up_blocks)
@@ -181,6 +209,8 @@ class _FMENBase(nn.Module):
             raise ValueError(
                 f"mid_feats must exceed 4 (the warm-up HFAB uses mid_feats - 4), got {mid_feats}"
             )
+        self.block = choose("fmen", "block", block, BLOCKS)
+        self.attn = choose("fmen", "attn", attn, ATTENTIONS)
         self.hparams: dict[str, Any] = {
             "scale": scale,
             "n_feats": n_feats,
@@ -189,22 +219,44 @@ class _FMENBase(nn.Module):
             "up_blocks": up_blocks,
             "backbone_expand_ratio": backbone_expand_ratio,
             "attention_expand_ratio": attention_expand_ratio,
+            "block": block,
+            "attn": attn,
         }
+        # `slimsr.fused.fmen` covers the published graph: plain ERBs and HFABs.
+        self.fusable = block != "rb" and attn == "hfab"
         self.down_blocks = down_blocks
         self.head = conv3x3(3, n_feats)
         self.warmup = nn.Sequential(
             conv3x3(n_feats, n_feats),
-            self._hfab(n_feats, up_blocks[0], mid_feats - 4, attention_expand_ratio),
+            self._attention(n_feats, up_blocks[0], mid_feats - 4, attention_expand_ratio),
         )
         self.ERBs = nn.ModuleList(
-            self._erb(n_feats, backbone_expand_ratio) for _ in range(down_blocks)
+            self._block(n_feats, backbone_expand_ratio) for _ in range(down_blocks)
         )
         self.HFABs = nn.ModuleList(
-            self._hfab(n_feats, up_blocks[i + 1], mid_feats, attention_expand_ratio)
+            self._attention(n_feats, up_blocks[i + 1], mid_feats, attention_expand_ratio)
             for i in range(down_blocks)
         )
         self.lr_conv = conv3x3(n_feats, n_feats)
         self.tail = OneStepUpsampler(n_feats, 3, scale)
+
+    def _block(self, n_feats: int, ratio: int) -> nn.Module:
+        """A backbone block: the form's ERB, or (Table 1 / Fig. 5) an RB or a plain block."""
+        if self.block == "rb":
+            return ResidualBlock(RepConv(n_feats), RepConv(n_feats))
+        if self.block == "pb":
+            return ERB(RepConv(n_feats), RepConv(n_feats))
+        return self._erb(n_feats, ratio)
+
+    def _attention(self, n_feats: int, up_blocks: int, mid_feats: int, ratio: int) -> nn.Module:
+        """An attention slot: the form's HFAB, or (Table 2) CCA, ESA or nothing."""
+        if self.attn == "none":
+            return nn.Identity()
+        if self.attn == "cca":
+            return CCALayer(n_feats)
+        if self.attn == "esa":
+            return ESA(n_feats)  # RFDN's form: plain convs, ReLU, C/4 inside
+        return self._hfab(n_feats, up_blocks, mid_feats, ratio)
 
     def _erb(self, n_feats: int, ratio: int) -> nn.Module:
         raise NotImplementedError
@@ -372,14 +424,14 @@ def fmen_train(scale: int, **kwargs: Any) -> TrainFMEN:
 # -- detection ----------------------------------------------------------------------------------
 
 _NTIRE_RENAMES = (("basic_blocks.", "ERBs."), ("hfabs.", "HFABs."))
-_REQUIRED = (
-    "head.weight",
-    "warmup.0.weight",
-    "warmup.1.squeeze.weight",
-    "lr_conv.weight",
-    "tail.0.weight",
+_REQUIRED = ("head.weight", "warmup.0.weight", "lr_conv.weight", "tail.0.weight")
+_ATTENTION_KEYS = (
+    ("hfab", "warmup.1.squeeze.weight"),
+    ("cca", "warmup.1.conv_du.0.weight"),
+    ("esa", "warmup.1.conv1.weight"),
 )
 _VARIANTS = (("fmen_s", FMEN_S_CONFIG), ("fmen", FMEN_CONFIG))
+_DEFAULT_SWITCHES = {"block": "erb", "attn": "hfab"}
 
 
 def _rename_ntire(sd: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -397,29 +449,45 @@ def _erb_count(sd: dict[str, Tensor], hfab_prefix: str) -> int:
     return len(indices(sd, re.escape(hfab_prefix) + r"convs\.(\d+)\.conv1\..+"))
 
 
+def _attention_of(sd: dict[str, Tensor]) -> str:
+    """Table 2's attention type, from the warm-up slot's keys (none has no keys at all)."""
+    return next((name for name, key in _ATTENTION_KEYS if key in sd), "none")
+
+
 def _infer_config(sd: dict[str, Tensor], train: bool) -> dict[str, Any]:
     n_feats = sd["head.weight"].shape[0]
     down_blocks = len(indices(sd, r"ERBs\.(\d+)\.conv1\..+"))
-    warm_mid = sd["warmup.1.squeeze.weight"].shape[0]
-    mid_feats = sd["HFABs.0.squeeze.weight"].shape[0] if down_blocks else warm_mid + 4
-    if warm_mid != mid_feats - 4:
-        raise ValueError("warm-up HFAB is not mid_feats - 4 wide")
-    prefixes = ["warmup.1."] + [f"HFABs.{i}." for i in range(down_blocks)]
-    config: dict[str, Any] = {
-        "n_feats": n_feats,
-        "mid_feats": mid_feats,
-        "down_blocks": down_blocks,
-        "up_blocks": tuple(_erb_count(sd, p) for p in prefixes),
-    }
+    config: dict[str, Any] = {"n_feats": n_feats, "down_blocks": down_blocks}
+    attn = _attention_of(sd)
+    if attn != "hfab":
+        config["attn"] = attn  # no HFAB: mid_feats and up_blocks leave no trace
+    else:
+        warm_mid = sd["warmup.1.squeeze.weight"].shape[0]
+        mid_feats = sd["HFABs.0.squeeze.weight"].shape[0] if down_blocks else warm_mid + 4
+        if warm_mid != mid_feats - 4:
+            raise ValueError("warm-up HFAB is not mid_feats - 4 wide")
+        prefixes = ["warmup.1."] + [f"HFABs.{i}." for i in range(down_blocks)]
+        config["mid_feats"] = mid_feats
+        config["up_blocks"] = tuple(_erb_count(sd, p) for p in prefixes)
+    # RB and PB leave the same keys (two plain convs); only a sidecar tells RB apart.
+    plain_backbone = down_blocks and "ERBs.0.conv1.rep_conv.weight" in sd
+    if train and plain_backbone:
+        config["block"] = "pb"
     if train:  # the expand ratios only show in the train form
-        if down_blocks:
+        if down_blocks and not plain_backbone:
             config["backbone_expand_ratio"] = (
                 sd["ERBs.0.conv1.expand_conv.weight"].shape[0] // n_feats
             )
-        expands = [k for p in prefixes if (k := f"{p}convs.0.conv1.expand_conv.weight") in sd]
-        if expands:  # the first HFAB that has an ERB
-            width = warm_mid if expands[0].startswith("warmup.") else mid_feats
-            config["attention_expand_ratio"] = sd[expands[0]].shape[0] // width
+        if attn == "hfab":
+            prefixes = ["warmup.1."] + [f"HFABs.{i}." for i in range(down_blocks)]
+            expands = [k for p in prefixes if (k := f"{p}convs.0.conv1.expand_conv.weight") in sd]
+            if expands:  # the first HFAB that has an ERB
+                width = (
+                    config["mid_feats"] - 4
+                    if expands[0].startswith("warmup.")
+                    else config["mid_feats"]
+                )
+                config["attention_expand_ratio"] = sd[expands[0]].shape[0] // width
     return config
 
 
@@ -427,7 +495,7 @@ def _closest_variant(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """The variant whose defaults differ from `config` in the fewest keys, and those keys."""
     best: tuple[str, dict[str, Any]] | None = None
     for name, defaults in _VARIANTS:
-        diff = {k: v for k, v in config.items() if defaults[k] != v}
+        diff = {k: v for k, v in config.items() if _DEFAULT_SWITCHES.get(k, defaults.get(k)) != v}
         if best is None or len(diff) < len(best[1]):
             best = (name, diff)
     assert best is not None
@@ -456,4 +524,7 @@ def detect_fmen(sd: dict[str, Tensor]) -> Detection | None:
     if scale is None:
         return None
     name, kwargs = _closest_variant(config)
+    defaults = dict(_VARIANTS)[name]
+    if "up_blocks" not in config and len(defaults["up_blocks"]) != config["down_blocks"] + 1:
+        kwargs["up_blocks"] = [1] * (config["down_blocks"] + 1)  # unused, but must fit
     return Detection(name + "_train" if train else name, scale, kwargs, state)

@@ -35,12 +35,13 @@ def fused_form(network: type[nn.Module]) -> Callable[[B], B]:
 
 
 def has_fused_form(net: nn.Module) -> bool:
-    """Whether the raw network can build a fused inference form."""
-    return type(net) in FUSED_FORMS
+    """Whether the raw network can build a fused inference form: its class has one, and the
+    network does not opt out (`fusable = False`: a paper-ablation variant the form lacks)."""
+    return type(net) in FUSED_FORMS and getattr(net, "fusable", True)
 
 
 def fuse(net: nn.Module) -> nn.Module | None:
     """A new inference-only module (eval mode) computing `net`'s forward faster, or None when
-    its class has no fused form. `net` itself is not changed."""
+    it has no fused form (`has_fused_form`). `net` itself is not changed."""
     builder = FUSED_FORMS.get(type(net))
-    return None if builder is None else builder(net).eval()
+    return None if builder is None or not has_fused_form(net) else builder(net).eval()
