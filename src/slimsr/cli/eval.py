@@ -196,7 +196,7 @@ def check_results_folder(out: Path, overwrite: bool, report: bool = False) -> No
 @app.command(
     "eval",
     cls=Command,
-    short_help="PSNR/SSIM of a model (or bicubic, or several models) on benchmark sets.",
+    short_help="PSNR/SSIM of one or more models (or bicubic) on benchmark sets.",
 )
 def eval_command(
     model: list[str] = typer.Option(
