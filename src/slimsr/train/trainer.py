@@ -18,6 +18,7 @@ the weights of N straight iterations, bit for bit.
 
 from __future__ import annotations
 
+import gc
 import math
 import random
 import signal
@@ -528,10 +529,21 @@ class Trainer:
         try:
             result = self._run()
         except BaseException:
+            self._release_ddp()
             ddp.teardown(self.dist, finished=False)
             raise
+        self._release_ddp()
         ddp.teardown(self.dist)
         return result
+
+    def _release_ddp(self) -> None:
+        """Free the DDP wrapper (its reducer holds gloo work and threads) before the process
+        group goes: destroyed the other way round, a rank can abort at exit ("terminate called
+        without an active exception", seen under load in CI even after the barrier)."""
+        if self.forward is not self.model:
+            self.forward = self.model
+            self.step_forward = step_forward(self.forward, self.plan)
+            gc.collect()
 
     def _check_memory(self) -> None:
         """Refuse a run that would not fit, on every rank together (none is left waiting)."""
