@@ -540,7 +540,7 @@ class Trainer:
         """Free the DDP wrapper (its reducer holds gloo work and threads) before the process
         group goes: destroyed the other way round, a rank can abort at exit ("terminate called
         without an active exception", seen under load in CI even after the barrier)."""
-        if self.forward is not self.model:
+        if getattr(self, "forward", None) not in (None, getattr(self, "model", None)):
             self.forward = self.model
             self.step_forward = step_forward(self.forward, self.plan)
             gc.collect()
