@@ -42,3 +42,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def run_here(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """`slimsr ARGS` in this process (no interpreter start-up): (exit code, stdout, stderr)."""
+    from slimsr.cli import main
+
+    try:
+        main(args)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    else:  # pragma: no cover (main always exits)
+        code = 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

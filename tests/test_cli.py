@@ -11,6 +11,7 @@ import torch
 
 import slimsr
 from slimsr.weight_files import read_checkpoint
+from tests.conftest import run_here
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -76,18 +77,6 @@ def test_reparam_end_to_end_and_refuses_to_clobber(tmp_path) -> None:
     out = run("reparam", str(dst), "-o", str(tmp_path / "again.safetensors"))
     assert out.returncode == 2 and "error:" in out.stderr
     assert not (tmp_path / "again.safetensors").exists()
-
-
-def run_here(args: list[str], capsys) -> tuple[int, str, str]:
-    """`slimsr ARGS` in this process (no interpreter start-up)."""
-    from slimsr.cli import main
-
-    try:
-        main(args)
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def all_commands() -> dict[str, object]:

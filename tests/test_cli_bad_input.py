@@ -20,8 +20,8 @@ import pytest
 import torch
 
 import slimsr
-from slimsr.cli import main
 from slimsr.imaging import write_image
+from tests.conftest import run_here
 
 SUMMARY = "image(s) failed (see above)"
 """The only second line allowed: the summary after per-image errors."""
@@ -59,17 +59,6 @@ def snapshot(root: Path) -> dict[str, str]:
         key = str(p.relative_to(root))
         out[key] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
     return out
-
-
-def run_here(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    else:  # pragma: no cover (main always exits)
-        code = 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def assert_one_line_error(code: int, err: str, needle: str, lines: int = 1) -> None:

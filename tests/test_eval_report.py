@@ -13,19 +13,10 @@ import torch
 from PIL import Image
 
 import slimsr
-from slimsr.cli import main
 from slimsr.imaging import imresize, write_image
+from tests.conftest import run_here
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def run_here(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def smooth_image(h: int, w: int, seed: int) -> torch.Tensor:

@@ -9,20 +9,11 @@ from pathlib import Path
 import pytest
 
 import slimsr
-from slimsr.cli import main
+from tests.conftest import run_here
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 MODELS = ("edsrmini", "bsrn_s")
-
-
-def run_here(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_table_of_two_models(tmp_path: Path, capsys) -> None:
