@@ -35,3 +35,9 @@ def pixelshuffle_scale(out_channels: int, colors: int = 3) -> int | None:
         return None
     s = math.isqrt(out_channels // colors)
     return s if s * s * colors == out_channels else None
+
+
+def differing(found: Mapping[str, object], defaults: Mapping[str, object]) -> dict[str, object]:
+    """The hyper-parameters read from the shapes that differ from the builder's defaults: what
+    a `Detection` carries as kwargs (the published configuration detects with none)."""
+    return {k: v for k, v in found.items() if v != defaults[k]}

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from slimsr.archs._detect import has_all, indices, pixelshuffle_scale
+from slimsr.archs._detect import differing, has_all, indices, pixelshuffle_scale
 from slimsr.archs.blocks import conv1x1, conv3x3, nearest_resize, pool_to_fraction
 from slimsr.registry import Detection, register_detector, register_family, register_model
 
@@ -218,12 +218,10 @@ def detect_safmn(sd: dict[str, Tensor]) -> Detection | None:
     scale = pixelshuffle_scale(sd["to_img.0.weight"].shape[0])
     if scale is None or (ntire and scale != 4):
         return None
-    kwargs: dict[str, Any] = {}
-    if dim != 36:
-        kwargs["dim"] = dim
-    if len(blocks) != 8:
-        kwargs["n_blocks"] = len(blocks)
-    ffn = sd["feats.0.ccm.ccm.0.weight"].shape[0] / dim
-    if ffn != 2.0:
-        kwargs["ffn_scale"] = ffn
+    found = {
+        "dim": dim,
+        "n_blocks": len(blocks),
+        "ffn_scale": sd["feats.0.ccm.ccm.0.weight"].shape[0] / dim,
+    }
+    kwargs = differing(found, {"dim": 36, "n_blocks": 8, "ffn_scale": 2.0})
     return Detection("safmn_ntire" if ntire else "safmn", scale, kwargs, dict(sd))
