@@ -274,3 +274,44 @@ def test_traceless_switches_round_trip_through_the_sidecar(
     x = torch.rand(1, 3, 16, 16) * (1 if name == "bsrn" else 255)
     with torch.no_grad():
         torch.testing.assert_close(loaded.net(x), model.net(x))
+
+
+# -- the short comparative runs (benchmarks/ablation_runs.py) ---------------------------------
+
+
+def _ablation_runs() -> object:
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "ablation_runs.py"
+    spec = importlib.util.spec_from_file_location("ablation_runs", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while being built
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ablation_sweep_rows_are_valid_recipes_that_differ_only_in_their_switch() -> None:
+    """Every row of the sweep validates as a training recipe, builds, and shares the table's
+    budget; rows of one table differ only in model kwargs (a fair comparison), and identical
+    networks share one run name (trained once)."""
+    from slimsr.train import load_config
+
+    runs = _ablation_runs()
+    names: dict[str, tuple[str, tuple]] = {}
+    for table in runs.TABLES:
+        recipes = [runs.row_recipe(table, row, 7, 0) for row in table.rows]
+        stripped = []
+        for row, recipe in zip(table.rows, recipes, strict=True):
+            config = load_config(recipe, check_paths=False)
+            assert config.train.iterations == 7
+            assert config.data.train.patch_size == runs.PATCH
+            assert config.model.kwargs == row.kwargs
+            assert params(row.model, config.model.scale, **row.kwargs) > 0
+            key = (row.model, tuple(sorted(row.kwargs.items())))
+            assert names.setdefault(recipe["name"], key) == key
+            stripped.append({k: v for k, v in recipe.items() if k not in ("name", "model")})
+        assert all(s == stripped[0] for s in stripped), table.key
+        assert len({runs.run_name(r, 7, 0) for r in table.rows}) == len(table.rows)

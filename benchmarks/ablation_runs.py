@@ -1,0 +1,285 @@
+"""One short comparative training run per paper ablation table (issue 20): every row of a table
+gets the same recipe, budget, seed and data, and differs only in its constructor switch.
+
+The papers train each row to convergence on DIV2K (a GPU for days); here each row trains from
+scratch for a fixed, small budget on T91 + BSD200 at one CPU thread, and is validated on Set5
+(Y, BasicSR protocol) at the end. The numbers rank the rows by how fast they learn under the
+same budget: they are not the papers' converged PSNRs, and differences of a few hundredths of
+a dB are within the run-to-run spread (`--seeds 0,1` measures it).
+
+    OMP_NUM_THREADS=1 python benchmarks/ablation_runs.py                 # every table
+    OMP_NUM_THREADS=1 python benchmarks/ablation_runs.py --tables abpn_residual --iterations 200
+    python benchmarks/ablation_runs.py --list                             # tables and rows
+
+Writes `<out>.json` (every row: recipe overrides, params, PSNR/SSIM, seconds) and `<out>.md`
+(one table per paper table); default `benchmarks/results/ablations_short`. Runs go to
+`--runs-dir` (default runs/ablations/), one folder per network, budget and seed; a finished row is
+read back rather than trained again, so an interrupted sweep continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    model: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Table:
+    """One ablation table: its paper reference, the recipe its rows start from, the rows."""
+
+    key: str
+    paper: str
+    recipe: str  # configs/*.yaml: model scale, data, optimiser and loss of the published recipe
+    rows: tuple[Row, ...]
+    iterations: int  # default budget for every row of this table
+
+
+TABLES: tuple[Table, ...] = (
+    Table(
+        "bsrn_conv",
+        "BSRN (Li et al. 2022) Table 1: separable convolution",
+        "configs/bsrn_x4.yaml",
+        (
+            Row("BSConvU (BSRN)", "bsrn"),
+            Row("BSConvS", "bsrn", {"conv": "bsconvs"}),
+            Row("DSConv", "bsrn", {"conv": "dsconv"}),
+        ),
+        800,
+    ),
+    Table(
+        "bsrn_attention",
+        "BSRN Table 2: ESA and CCA",
+        "configs/bsrn_x4.yaml",
+        (
+            Row("BSRN", "bsrn"),
+            Row("BSRN-woESA", "bsrn", {"esa": False}),
+            Row("BSRN-woCCA", "bsrn", {"cca": False}),
+            Row("BSRN-woESA-woCCA", "bsrn", {"esa": False, "cca": False}),
+        ),
+        800,
+    ),
+    Table(
+        "bsrn_activation",
+        "BSRN Table 3: activation",
+        "configs/bsrn_x4.yaml",
+        (
+            Row("GELU (BSRN)", "bsrn"),
+            Row("ReLU", "bsrn", {"act": "relu"}),
+            Row("LeakyReLU", "bsrn", {"act": "lrelu"}),
+            Row("h-swish", "bsrn", {"act": "hswish"}),
+        ),
+        800,
+    ),
+    Table(
+        "bsrn_size",
+        "BSRN Table 4: model size",
+        "configs/bsrn_x4.yaml",
+        (
+            Row("BSRN-1 (48 ch)", "bsrn", {"num_feat": 48}),
+            Row("BSRN (64 ch)", "bsrn"),
+            Row("BSRN-2 (72 ch)", "bsrn", {"num_feat": 72}),
+        ),
+        800,
+    ),
+    Table(
+        "fmen_block",
+        "FMEN (Du et al. 2022) Table 1 / Fig. 5: backbone block (FMEN-S, train form)",
+        "configs/fmen_s_x4.yaml",
+        (
+            Row("ERB (FMEN-S)", "fmen_s_train"),
+            Row("RB", "fmen_s_train", {"block": "rb"}),
+            Row("PB", "fmen_s_train", {"block": "pb"}),
+        ),
+        500,
+    ),
+    Table(
+        "fmen_attention",
+        "FMEN Table 2: attention (FMEN-S, train form)",
+        "configs/fmen_s_x4.yaml",
+        (
+            Row("HFAB (FMEN-S)", "fmen_s_train"),
+            Row("CCA", "fmen_s_train", {"attn": "cca"}),
+            Row("ESA", "fmen_s_train", {"attn": "esa"}),
+            Row("none", "fmen_s_train", {"attn": "none"}),
+        ),
+        500,
+    ),
+    Table(
+        "abpn_residual",
+        "ABPN (Du et al. 2021) Table 2: residual learning",
+        "configs/abpn_x3_cpu.yaml",
+        (
+            Row("anchor (ABPN)", "abpn"),
+            Row("none", "abpn", {"residual": "none"}),
+            Row("nearest", "abpn", {"residual": "nearest"}),
+            Row("bilinear", "abpn", {"residual": "bilinear"}),
+            Row("feature (FSRL)", "abpn", {"residual": "feature"}),
+        ),
+        2000,
+    ),
+)
+
+BATCH = 8
+PATCH = 16  # LR patch side: small, so a short budget still sees many patches
+
+
+def row_recipe(table: Table, row: Row, iterations: int, seed: int) -> dict[str, Any]:
+    """The table's recipe with the row's switch and the short, shared budget."""
+    recipe = yaml.safe_load((ROOT / table.recipe).read_text(encoding="utf-8"))
+    recipe["name"] = run_name(row, iterations, seed)
+    recipe["seed"] = seed
+    recipe["auto_resume"] = True  # an interrupted sweep continues its rows
+    recipe["model"] = {"name": row.model, "scale": recipe["model"]["scale"], "kwargs": row.kwargs}
+    train_data = recipe["data"]["train"]
+    train_data.update(patch_size=PATCH, batch_size=BATCH, num_workers=0)
+    train = recipe["train"]
+    train["iterations"] = iterations
+    train["scheduler"] = {"type": "cosine", "eta_min": train["lr"] * 0.01}
+    train.pop("ema", None)
+    train["precision"] = "fp32"
+    recipe["logging"] = {
+        "print_every": max(1, iterations // 4),
+        "val_every": iterations,
+        "checkpoint_every": iterations,
+    }
+    return recipe
+
+
+def run_name(row: Row, iterations: int, seed: int) -> str:
+    """Named by what is trained, not by the table: a row that two tables share (the published
+    network) is trained once and read back by the second."""
+    switches = "_".join(f"{k}-{v}" for k, v in sorted(row.kwargs.items())) or "default"
+    return f"{row.model}_{switches}_it{iterations}_s{seed}".lower()
+
+
+def run_row(table: Table, row: Row, iterations: int, seed: int, runs_dir: Path) -> dict[str, Any]:
+    """Train one row (or read back its finished run) and return its record."""
+    from slimsr.factory import create_model
+    from slimsr.registry import count_parameters
+    from slimsr.train import load_config, train
+
+    recipe = row_recipe(table, row, iterations, seed)
+    recipe["output_dir"] = str(runs_dir)
+    config = load_config(recipe, base_dir=ROOT)
+    start = time.perf_counter()
+    result = train(config)
+    seconds = time.perf_counter() - start
+    metrics = result.metrics or {}
+    if not metrics:
+        final = json.loads((result.run_dir / "weights" / "final.json").read_text())
+        metrics = final.get("training", {}).get("validation", {})
+    return {
+        "table": table.key,
+        "row": row.label,
+        "model": row.model,
+        "kwargs": row.kwargs,
+        "params": count_parameters(create_model(row.model, config.model.scale, **row.kwargs)),
+        "protocol": config.data.val.protocol if config.data.val else None,
+        "seed": seed,
+        "iterations": iterations,
+        "psnr": metrics.get("psnr"),
+        "ssim": metrics.get("ssim"),
+        "seconds": None if result.finished_before else round(seconds, 1),  # None: read back
+        "run_dir": str(result.run_dir),
+    }
+
+
+def markdown(records: list[dict[str, Any]], budget: dict[str, Any]) -> str:
+    lines = [
+        "# Paper ablations: one short run per table",
+        "",
+        f"Every row: from scratch, batch {budget['batch']} of {budget['patch']} px LR patches, "
+        "Adam at the recipe's learning rate with a cosine decay to 1% of it, T91 + BSD200, "
+        "one CPU thread; Set5 after the last iteration (Y, BasicSR protocol; ABPN: RGB, "
+        "the MAI protocol its paper uses). "
+        "Not the papers' converged numbers (see docs/ablations.md).",
+        "",
+    ]
+    by_table: dict[str, list[dict[str, Any]]] = {}
+    for rec in records:
+        by_table.setdefault(rec["table"], []).append(rec)
+    for table in TABLES:
+        recs = by_table.get(table.key)
+        if not recs:
+            continue
+        its = sorted({r["iterations"] for r in recs})
+        lines += [f"## {table.paper}", "", f"{', '.join(map(str, its))} iterations per row.", ""]
+        lines += [
+            "| row | params | Set5 PSNR (dB) | SSIM | seed | seconds |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in recs:
+            psnr = "-" if r["psnr"] is None else f"{r['psnr']:.3f}"
+            ssim = "-" if r["ssim"] is None else f"{r['ssim']:.4f}"
+            secs = "-" if r["seconds"] is None else f"{r['seconds']:.0f}"
+            lines.append(
+                f"| {r['row']} | {r['params']:,} | {psnr} | {ssim} | {r['seed']} | {secs} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tables", default="all", help="comma-separated table keys, or all")
+    parser.add_argument("--iterations", type=int, default=None, help="override every table's")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds")
+    parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "ablations")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "ablations_short"
+    )
+    parser.add_argument("--list", action="store_true", help="print tables and rows, run nothing")
+    args = parser.parse_args(argv)
+
+    keys = [t.key for t in TABLES] if args.tables == "all" else args.tables.split(",")
+    unknown = sorted(set(keys) - {t.key for t in TABLES})
+    if unknown:
+        parser.error(
+            f"unknown table(s) {', '.join(unknown)}; known: {', '.join(t.key for t in TABLES)}"
+        )
+    tables = [t for t in TABLES if t.key in keys]
+    if args.list:
+        for t in tables:
+            print(f"{t.key}: {t.paper} ({t.recipe}, {t.iterations} iterations)")
+            for r in t.rows:
+                print(f"  {r.label}: {r.model} {r.kwargs}")
+        return
+    seeds = [int(s) for s in args.seeds.split(",")]
+    import torch
+
+    records = []
+    for table in tables:
+        iterations = args.iterations or table.iterations
+        for seed in seeds:
+            for row in table.rows:
+                rec = run_row(table, row, iterations, seed, args.runs_dir)
+                records.append(rec)
+                print(
+                    f"{table.key} | {row.label} | seed {seed} | {rec['psnr']} dB | {rec['seconds']} s",
+                    flush=True,
+                )
+    budget = {"batch": BATCH, "patch": PATCH, "threads": torch.get_num_threads(), "seeds": seeds}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"budget": budget, "torch": torch.__version__, "records": records}
+    args.out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    args.out.with_suffix(".md").write_text(markdown(records, budget), encoding="utf-8")
+    print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
