@@ -13,8 +13,9 @@ whole registry runs in minutes on a laptop; models whose MACs there exceed `--ma
 timed. `--layout` times both memory formats, interleaved, and prints the channels_last /
 contiguous ratio that each family's `register_family(cpu_channels_last=...)` is chosen from. `--evals` reads
 `slimsr eval` results.json files and plots PSNR (of `--plot-dataset`, default Set5) against params
-and against Mult-Adds (like Fig. 4 of the compression paper); that needs matplotlib (the `bench`
-extra) and is skipped with a message without it. No asserts on timings.
+and against Mult-Adds, one row per scale (`plot_fig4.py` draws the compression paper's Fig. 4);
+that needs matplotlib (the `bench` extra) and is skipped with a message without it. No asserts
+on timings.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -175,45 +178,130 @@ def results_table(rows: list[dict[str, Any]], args: Any) -> Table:
 # -- PSNR vs complexity plot -------------------------------------------------------------------
 
 
-def read_evals(paths: list[Path], dataset: str | None = None) -> list[dict[str, Any]]:
-    """One point per `slimsr eval` results.json: model, scale, protocol and mean PSNR (of
-    `dataset`, or over all datasets in the file), plus bicubic's on the same images.
+def _eval_entries(rep: dict[str, Any]) -> list[dict[str, Any]]:
+    """The per-model reports of one results.json: itself, or its `models` (a `-w A -w B` run)."""
+    return [rep] if "models" not in rep else list(rep["models"])
 
-    Files of unregistered models, of bicubic itself and without `dataset` are skipped. The
-    parameter and FLOP counts of a point are those of the registered variant's defaults.
+
+def read_evals(paths: list[Path], datasets: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """One point per model of each `slimsr eval` results.json: model, scale, protocol and mean
+    PSNR over `datasets` (or over all datasets in the file), plus bicubic's on the same images.
+
+    Unregistered models, bicubic itself and files without every one of `datasets` are skipped.
+    The parameter and FLOP counts of a point are those of the registered variant's defaults.
     """
+    wanted = None if datasets is None else {d.lower() for d in datasets}
     files: list[Path] = []
     for p in paths:
         files += sorted(p.rglob("results.json")) if p.is_dir() else [p]
     points = []
     for f in files:
-        rep = json.loads(f.read_text())
-        name = str(rep["model"]).split(" ")[0]
-        if name == "bicubic" or name not in list_models():
-            continue
-        sets = [
-            d
-            for d in rep.get("datasets", [])
-            if d["mean"]["psnr"] and (dataset is None or d["dataset"].lower() == dataset.lower())
-        ]
-        if not sets:
-            continue
-        bicubic = [d["mean"]["bicubic_psnr"] for d in sets if d["mean"].get("bicubic_psnr")]
-        points.append(
-            {
-                "model": name,
-                "scale": int(rep["scale"]),
-                "protocol": rep.get("protocol", "?"),
-                "psnr": statistics.fmean(d["mean"]["psnr"] for d in sets),
-                "bicubic_psnr": statistics.fmean(bicubic) if bicubic else None,
-                "datasets": [d["dataset"] for d in sets],
-                "file": str(f),
-            }
-        )
+        top = json.loads(f.read_text())
+        for rep in _eval_entries(top):
+            name = str(rep["model"]).split(" ")[0]
+            if name == "bicubic" or name not in list_models():
+                continue
+            sets = [
+                d
+                for d in rep.get("datasets", [])
+                if d["mean"]["psnr"] and (wanted is None or d["dataset"].lower() in wanted)
+            ]
+            if not sets or (wanted is not None and len(sets) != len(wanted)):
+                continue
+            bicubic = [d["mean"]["bicubic_psnr"] for d in sets if d["mean"].get("bicubic_psnr")]
+            points.append(
+                {
+                    "model": name,
+                    "label": str(rep["model"]),
+                    "scale": int(rep.get("scale", top.get("scale"))),
+                    "protocol": rep.get("protocol", top.get("protocol", "?")),
+                    "psnr": statistics.fmean(d["mean"]["psnr"] for d in sets),
+                    "bicubic_psnr": statistics.fmean(bicubic) if bicubic else None,
+                    "datasets": [d["dataset"] for d in sets],
+                    "psnr_per_dataset": {d["dataset"]: d["mean"]["psnr"] for d in sets},
+                    "file": str(f),
+                }
+            )
     return points
 
 
-def _import_pyplot() -> Any | None:
+def counts_at_720p(name: str, scale: int) -> tuple[int, dict[str, int]]:
+    """Parameters and FLOPs (every convention) for a 1280x720 output of the registered
+    variant's defaults, counted on the meta device."""
+    with torch.device("meta"):
+        net = get_model_info(name).build(scale)
+    lr_hw = lr_size_for_output(PAPER_OUTPUT, scale)
+    return count_parameters(net), complexity(net, lr_hw).flops
+
+
+def _label_offsets() -> list[tuple[float, float]]:
+    """Candidate label offsets in points: 8 directions (diagonals first) at growing distance."""
+    angles = (45, -45, 135, -135, 0, 180, 90, -90)
+    return [
+        (r * math.cos(math.radians(a)), r * math.sin(math.radians(a)))
+        for r in (5, 14, 26)
+        for a in angles
+    ]
+
+
+def label_points(ax: Any, xs: list[float], ys: list[float], labels: list[str]) -> None:
+    """Name each point at the nearest offset where its text stays inside the axes and overlaps
+    no point and no label placed before; labels moved further out get a thin leader line.
+
+    Call it once the axes' limits and the figure's layout are final: overlaps are tested in
+    display coordinates. A point with no free offset is labelled at the first one.
+    """
+    from matplotlib.text import Text
+
+    ax.get_xlim(), ax.get_ylim()  # settle autoscaling before positions are read
+    renderer = ax.figure.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    r = ax.figure.dpi / 72 * 4  # ~4 pt around each marker
+    centres = ax.transData.transform(list(zip(xs, ys)))
+    taken = [(px - r, py - r, px + r, py + r) for px, py in centres]
+    offsets = _label_offsets()
+
+    def fits(b: Any) -> bool:
+        inside = frame.x0 <= b.x0 and b.x1 <= frame.x1 and frame.y0 <= b.y0 and b.y1 <= frame.y1
+        return inside and not any(
+            b.x0 < t[2] and t[0] < b.x1 and b.y0 < t[3] and t[1] < b.y1 for t in taken
+        )
+
+    def place(x: float, y: float, text: str, at: tuple[float, float], **kw: Any) -> Any:
+        ha = "left" if at[0] > 1 else "right" if at[0] < -1 else "center"
+        va = "bottom" if at[1] > 1 else "top" if at[1] < -1 else "center"
+        ann = ax.annotate(text, (x, y), fontsize=8, xytext=at, textcoords="offset points",
+                          ha=ha, va=va, **kw)  # fmt: skip
+        ann.update_positions(renderer)
+        return ann, Text.get_window_extent(ann, renderer)  # the text alone, not the leader
+
+    for x, y, text in zip(xs, ys, labels, strict=True):
+        choice = offsets[0]
+        for at in offsets:
+            probe, box = place(x, y, text, at)
+            probe.remove()
+            if fits(box):
+                choice = at
+                break
+        far = math.hypot(*choice) > math.hypot(*offsets[0]) + 1
+        line = {"arrowstyle": "-", "color": "grey", "lw": 0.5} if far else None
+        _, b = place(x, y, text, choice, arrowprops=line)
+        taken.append((b.x0, b.y0, b.x1, b.y1))
+
+
+def log_x_axis(ax: Any, plt: Any) -> None:
+    """Log x axis with plain-number tick labels at 1-2-3-5 steps, grid and some margin."""
+    ax.set_xscale("log")
+    ticker = plt.matplotlib.ticker
+    ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_locator(ticker.LogLocator(subs=(2.0, 3.0, 5.0)))
+    ax.xaxis.set_minor_formatter(ticker.FormatStrFormatter("%g"))
+    ax.tick_params(axis="x", which="minor", labelsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.margins(x=0.15, y=0.15)
+
+
+def import_pyplot() -> Any | None:
     try:
         import matplotlib
 
@@ -228,52 +316,39 @@ def plot(points: list[dict[str, Any]], out: Path) -> bool:
     """PSNR against parameters and against Mult-Adds (1280x720 output), one row of panels per
     scale, bicubic as a dashed line (like Fig. 4 of the compression paper). Returns False,
     writing nothing, when matplotlib is not installed (`pip install slimsr[bench]`)."""
-    plt = _import_pyplot()
+    plt = import_pyplot()
     if plt is None:
         return False
     for p in points:
-        with torch.device("meta"):
-            net = get_model_info(p["model"]).build(p["scale"])
-        p["params"] = count_parameters(net)
-        p["macs_720p"] = complexity(net, lr_size_for_output(PAPER_OUTPUT, p["scale"])).flops["macs"]
+        p["params"], flops = counts_at_720p(p["model"], p["scale"])
+        p["macs_720p"] = flops["macs"]
     scales = sorted({p["scale"] for p in points})
     fig, axes = plt.subplots(
         len(scales), 2, figsize=(11, 3.6 * len(scales)), squeeze=False, sharey="row"
     )
     panels = (("params", 1e3, "parameters [K]"), ("macs_720p", 1e9, "Mult-Adds [G] (macs)"))
+    to_label = []
     for row, scale in enumerate(scales):
         pts = sorted((p for p in points if p["scale"] == scale), key=lambda p: p["params"])
         bic = [p["bicubic_psnr"] for p in pts if p["bicubic_psnr"] is not None]
         for col, (key, div, label) in enumerate(panels):
             ax = axes[row][col]
             xs = [p[key] / div for p in pts]
-            ax.scatter(xs, [p["psnr"] for p in pts], zorder=3)
-            for i, (x, p) in enumerate(zip(xs, pts, strict=True)):
-                dy = 6 if i % 2 == 0 else -12  # alternate above / below against overlaps
-                ax.annotate(
-                    p["model"],
-                    (x, p["psnr"]),
-                    fontsize=8,
-                    xytext=(5, dy),
-                    textcoords="offset points",
-                )
+            ys = [p["psnr"] for p in pts]
+            ax.scatter(xs, ys, zorder=3)
+            to_label.append((ax, xs, ys, [p["model"] for p in pts]))
             if bic:
                 ax.axhline(statistics.fmean(bic), color="grey", ls="--", lw=0.8, label="bicubic")
                 ax.legend(fontsize=8, loc="lower right")
-            ax.set_xscale("log")
-            ticker = plt.matplotlib.ticker
-            ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
-            ax.xaxis.set_minor_locator(ticker.LogLocator(subs=(2.0, 3.0, 5.0)))
-            ax.xaxis.set_minor_formatter(ticker.FormatStrFormatter("%g"))
-            ax.tick_params(axis="x", which="minor", labelsize=8)
+            log_x_axis(ax, plt)
             ax.set_xlabel(label + (" for a 1280x720 output" if key == "macs_720p" else ""))
             ax.set_ylabel(f"x{scale} PSNR [dB]")
-            ax.grid(True, which="both", alpha=0.3)
-            ax.margins(x=0.15, y=0.15)
     sets = sorted({d for p in points for d in p["datasets"]})
     protocols = sorted({str(p["protocol"]) for p in points})
     fig.suptitle(f"PSNR on {', '.join(sets)} ({'; '.join(protocols)} protocol) vs complexity")
     fig.tight_layout()
+    for labelled in to_label:
+        label_points(*labelled)
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
@@ -322,8 +397,8 @@ def main(argv: list[str] | None = None) -> None:
         "rows": rows,
     }
     if args.evals:
-        dataset = None if args.plot_dataset.lower() == "all" else args.plot_dataset
-        report["evals"] = read_evals(args.evals, dataset)
+        datasets = None if args.plot_dataset.lower() == "all" else [args.plot_dataset]
+        report["evals"] = read_evals(args.evals, datasets)
     atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
     console.print(f"wrote {args.json}")
     if args.plot is not None:
