@@ -156,6 +156,17 @@ def test_a_corrupt_cache_is_measured_again_and_replaced(cache, measured, content
     assert choose_engine(tiny(), threads=1).how == "cached"
 
 
+def test_the_cache_folder_follows_the_environment(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("SLIMSR_CACHE_DIR", str(tmp_path / "own"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert engines.cache_dir() == tmp_path / "own"
+    monkeypatch.delenv("SLIMSR_CACHE_DIR")
+    assert engines.cache_dir() == tmp_path / "xdg" / "slimsr"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert engines.cache_dir() == tmp_path / "home" / ".cache" / "slimsr"
+
+
 @needs_ort
 def test_an_unwritable_cache_costs_a_measurement_not_the_upscale(tmp_path, measured) -> None:
     (tmp_path / "file").write_text("")
