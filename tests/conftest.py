@@ -33,6 +33,18 @@ def _deterministic() -> None:
     torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(scope="session")
+def _engine_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("slimsr_cache")
+
+
+@pytest.fixture(autouse=True)
+def _private_engine_cache(_engine_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`slimsr upscale` caches its measured engine choice (`slimsr.engines`): tests, and the
+    commands they start, keep it in a temporary folder, never in the user's ~/.cache."""
+    monkeypatch.setenv("SLIMSR_CACHE_DIR", str(_engine_cache))
+
+
 @pytest.fixture
 def one_thread():
     """One intra-op thread for a test module (`pytestmark = pytest.mark.usefixtures(...)`):

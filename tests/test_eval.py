@@ -115,6 +115,7 @@ def test_cli_writes_json_csv_images_and_exits_2_on_failed_pairs(tmp_path) -> Non
     assert out.returncode == 0, out.stderr
     report = json.loads((tmp_path / "res/results.json").read_text())
     assert report["scale"] == 2 and report["protocol"] == "basicsr"
+    assert report["engine"] == "torch"
     assert [r["image"] for r in report["datasets"][0]["rows"]] == ["a", "b"]
     assert (tmp_path / "res/results.csv").read_text().startswith("dataset,image,psnr,ssim")
     assert (tmp_path / "res/images/toy/a.png").exists()

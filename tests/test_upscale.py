@@ -189,10 +189,11 @@ def test_torchrun_splits_inputs_across_two_ranks(tmp_path, weights) -> None:
 def test_library_upscale_image_equals_the_command(tmp_path) -> None:
     """`slimsr.upscale_image(model, path)` is `slimsr upscale`'s pipeline (fast path, border,
     tiles, quantisation): the bundled model gives the same bytes both ways, for a file and for
-    the same picture handed over as a PIL image."""
+    the same picture handed over as a PIL image. (The API's engine is torch unless asked;
+    the command's auto choice is tests/test_engines.py's.)"""
     rng = np.random.default_rng(3)
     PILImage.fromarray(rng.integers(0, 256, (13, 11, 3), dtype=np.uint8)).save(tmp_path / "a.png")
-    res = run("a.png", "-o", "out", "-s", "2", cwd=tmp_path)
+    res = run("a.png", "-o", "out", "-s", "2", "--engine", "torch", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     cli = np.asarray(PILImage.open(tmp_path / "out" / "a_x2.png"))
     model = default_model(2)

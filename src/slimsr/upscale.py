@@ -513,6 +513,7 @@ def upscale_image(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
+    engine: str = "torch",
 ) -> Any:
     """A picture (PIL image or a file path) in, an 8-bit PIL image out, made exactly as
     `slimsr upscale` makes it: the fast inference path (`ready_for_upscale`), the mirrored
@@ -520,7 +521,8 @@ def upscale_image(
     gray / alpha layout as the command's output does.
 
     `device` / `dtype` default to the model's own. The model passed in is not changed (its
-    inference form is built on a copy).
+    inference form is built on a copy). `engine`: "torch" (default), "onnxruntime", or "auto"
+    (the command's default: the fastest measured, cached; `slimsr.engines`).
     """
     from PIL import Image as PILImage
 
@@ -530,7 +532,9 @@ def upscale_image(
     dtype = dtype if dtype is not None else (ref.dtype if ref is not None else torch.float32)
     if isinstance(model, nn.Module):
         model = copy.deepcopy(model)
-    net = ready_for_upscale(model, device, dtype)
+    from slimsr.engines import choose_engine  # engines builds on this module
+
+    net = choose_engine(model, engine, device=device, dtype=dtype).net
     opts = UpscaleOptions(tile, overlap, outscale, device, dtype, memory_budget_mb)
     samples = upscale_samples(net, img, opts, bit_depth=8)
     return PILImage.fromarray(samples[..., 0] if samples.shape[-1] == 1 else samples)

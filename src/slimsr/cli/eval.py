@@ -21,6 +21,7 @@ from slimsr.cli.checks import (
 )
 from slimsr.cli.loading import load_model
 from slimsr.data.folders import PairedFolder, dataset_from_root, pair_folders
+from slimsr.engines import engine_of
 from slimsr.errors import SlimsrError
 from slimsr.evaluate import (
     DatasetResult,
@@ -288,6 +289,7 @@ def eval_command(
     crops = CropWriter(out) if report else None
     console = Console(markup=False, highlight=False, stderr=True)
     runs: list[ModelRun] = []
+    engines = {label: engine_of(net) if net is not None else None for label, net in loaded}
     for index, (label, net) in enumerate(loaded):
         upscale, run_dtype = _upscaler(net, scale, dev, dtype, fuse)
         if ensemble:
@@ -319,6 +321,7 @@ def eval_command(
             "protocol": protocol,
             "self_ensemble": ensemble,
             "dtype": dtype_name,
+            "engine": engines[run.label],
             "datasets": [r.to_dict() for r in run.results],
         }
 

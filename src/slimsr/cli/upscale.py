@@ -26,8 +26,9 @@ from slimsr.cli.checks import (
     resolve_dtype,
 )
 from slimsr.cli.loading import load_model
+from slimsr.engines import ENGINE_CHOICES, EngineChoice, choose_engine, int8_engine
 from slimsr.errors import SlimsrError
-from slimsr.export.runners import Runner
+from slimsr.export.runners import Runner, is_onnx_path
 from slimsr.imaging import SUFFIXES, list_images, read_image
 from slimsr.model import SRModel
 from slimsr.profile.memory import resident_mb
@@ -39,7 +40,7 @@ from slimsr.upscale import (
     streams_to_png,
     upscale_to_file,
 )
-from slimsr.weights import default_model
+from slimsr.weights import SHIPPED, bundled_path, default_model, default_scale, shipped_path
 
 EXT_CHOICES = ("auto", "png", "jpg", "webp")
 
@@ -85,13 +86,46 @@ def output_path(src: Path, out_dir: Path, suffix: str, ext: str, bit16: bool) ->
     return out_dir / f"{name}.{ext}"
 
 
-def pick_model(model: str | None, weights: Path | None, scale: int | None) -> SRModel | Runner:
-    """The model named, or the bundled default when neither -m nor --weights is given."""
+def pick_model(
+    model: str | None, weights: Path | None, scale: int | None, int8: bool = False
+) -> tuple[SRModel | Runner, Path | None]:
+    """(model, its weights file): the one named, a shipped one (`-m abpn`), or the bundled
+    default when neither -m nor --weights is given."""
     if weights is None:
-        if model is not None:
-            raise SlimsrError(f"-m {model} needs --weights (only the default model is bundled)")
-        return default_model(scale)
-    return load_model(model, scale, weights, runtimes=True)
+        if model is None:
+            return default_model(scale), bundled_path(scale or default_scale())
+        path = shipped_path(model, scale)
+        if path is None:
+            raise SlimsrError(
+                f"-m {model} needs --weights (bundled: the default model, "
+                f"{', '.join(f'{n} x{s}' for n, s in SHIPPED)})"
+            )
+        weights = path
+    if int8 and is_onnx_path(weights):
+        raise SlimsrError(f"--int8 runs an INT8 .tflite file; {weights.name} is ONNX")
+    io = "uint8" if int8 else "auto"
+    return load_model(model, scale, weights, runtimes=True, tflite_io=io), weights
+
+
+def pick_engine(
+    net: SRModel | Runner,
+    weights: Path | None,
+    engine: str,
+    int8: bool,
+    dev: torch.device,
+    dtype: torch.dtype,
+    compile_model: bool,
+) -> EngineChoice:
+    """The engine `--engine` / `--int8` ask for (auto: cached or measured), model ready."""
+    if int8 and engine != "auto":
+        raise SlimsrError(f"--int8 runs the INT8 TFLite engine; drop --engine {engine}")
+    if int8 and isinstance(net, SRModel):
+        if compile_model:
+            raise SlimsrError("--int8 runs a TFLite file; --compile is for PyTorch")
+        choice = int8_engine(weights, net.name, net.scale)
+        ready_for_upscale(choice.net, dev, dtype)  # refuses --fp16 / --bf16
+        return choice
+    return choose_engine(net, engine, device=dev, dtype=dtype, compile=compile_model)
 
 
 def rank_share(items: list[Path]) -> tuple[list[Path], int, int]:
@@ -178,6 +212,19 @@ def upscale_command(
     compile_model: bool = typer.Option(
         False, "--compile", help="torch.compile the network (slow first call; many images)."
     ),
+    engine: str = typer.Option(
+        "auto",
+        "--engine",
+        metavar="ENGINE",
+        help="auto (the fastest measured here, cached) | torch | onnxruntime.",
+    ),
+    int8: bool = typer.Option(
+        False,
+        "--int8",
+        help="Run the model's shipped INT8 TFLite file (ABPN x3: -0.04 dB on Set5), or "
+        "require an INT8 .tflite --weights.",
+    ),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Print the engine chosen."),
 ) -> None:
     """Upscale images with the bundled model or any supported weights file.
 
@@ -186,6 +233,8 @@ def upscale_command(
     """
     if ext not in EXT_CHOICES:
         raise SlimsrError(f"--ext must be one of {', '.join(EXT_CHOICES)}, not {ext!r}")
+    if engine not in ENGINE_CHOICES:
+        raise SlimsrError(f"--engine must be one of {', '.join(ENGINE_CHOICES)}, not {engine!r}")
     check_outscale(outscale)
     check_tile(tile, overlap, None)
     if max_memory <= 0 or not math.isfinite(max_memory):
@@ -199,12 +248,15 @@ def upscale_command(
     dev = resolve_device(device)
     if dev.type == "cuda" and "WORLD_SIZE" in os.environ:
         dev = torch.device("cuda", local_rank)  # one GPU per torchrun process
-    net = pick_model(model, weights, scale)
+    net, weights = pick_model(model, weights, scale, int8)
     check_precision(net, dtype, dev)
     check_tile(tile, overlap, net)
     suffix = suffix if suffix is not None else f"x{outscale or net.scale:g}"
     planned = plan_outputs(files, out, suffix, ext)  # every rank checks every name
-    net = ready_for_upscale(net, dev, dtype, compile=compile_model)  # the library's fast path
+    choice = pick_engine(net, weights, engine, int8, dev, dtype, compile_model)
+    net = choice.net  # ready to run: the fast PyTorch form, or a runtime's session
+    if verbose:
+        typer.echo(choice.describe())
     opts = UpscaleOptions(
         tile=tile,
         overlap=overlap,

@@ -173,11 +173,44 @@ def export_onnx(
             f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}, "
             f"not {calibration_method!r}"
         )
-    onnx = require_onnx("onnx")
+    require_onnx("onnx")
     if verify or precision == "int8":
         require_onnx("onnxruntime")
     check_writable(path, OnnxError)  # before minutes of tracing and verifying, not after
 
+    reference, deploy, samples, data = _build(
+        model, precision, opset, dynamic, input_size, calibration, calibration_method
+    )
+    info = deploy.info
+    result = OnnxExport(path, deploy.name, deploy.scale, precision, opset, dynamic, len(data))
+    if verify:
+        shapes = [(1, 3, *input_size)] if not dynamic and input_size else verify_shapes(sizes, info)
+        result.checks, result.limit = verify_onnx(
+            data, reference, precision, shapes, samples, deploy.name
+        )
+    write_file(path, data, OnnxError)
+    return result
+
+
+def onnx_model_bytes(model: SRModel, opset: int = DEFAULT_OPSET) -> bytes:
+    """`model` as an fp32 dynamic-size ONNX graph in memory (what `export_onnx` writes, minus
+    the verification): for running it in onnxruntime without a file (`slimsr.engines`, which
+    compares the outputs itself)."""
+    require_onnx("onnx")
+    return _build(model, "fp32", opset, True, None, None, "percentile")[3]
+
+
+def _build(
+    model: SRModel,
+    precision: str,
+    opset: int,
+    dynamic: bool,
+    input_size: tuple[int, int] | None,
+    calibration: Any,
+    calibration_method: str,
+) -> tuple[SRModel, SRModel, list[np.ndarray], bytes]:
+    """(float32 reference, deploy form, calibration samples, serialized graph)."""
+    onnx = require_onnx("onnx")
     reference = _cpu_float_copy(model)
     if precision == "fp16" and not reference.info.supports_fp16:
         raise UnsupportedDtypeError(f"{reference.name} does not support fp16; export it as fp32")
@@ -202,16 +235,7 @@ def export_onnx(
         raise OnnxError(
             f"{deploy.name}: the exported graph is invalid ({first_line(exc)})"
         ) from exc
-    data = proto.SerializeToString()
-
-    result = OnnxExport(path, deploy.name, deploy.scale, precision, opset, dynamic, len(data))
-    if verify:
-        shapes = [(1, 3, *input_size)] if not dynamic and input_size else verify_shapes(sizes, info)
-        result.checks, result.limit = verify_onnx(
-            data, reference, precision, shapes, samples, deploy.name
-        )
-    write_file(path, data, OnnxError)
-    return result
+    return reference, deploy, samples, proto.SerializeToString()
 
 
 def _cpu_float_copy(model: SRModel) -> SRModel:

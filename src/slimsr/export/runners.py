@@ -74,6 +74,8 @@ class Runner:
     """
 
     scale: int
+    engine: str = ""
+    """The runtime that runs the file ("onnxruntime", "tflite"), as `slimsr.engines` names it."""
 
     @property
     def name(self) -> str:
@@ -152,24 +154,33 @@ class OnnxUpscaler(Runner):
     the metadata. Precision is the file's: only float32 inputs are accepted by `check_dtype`.
     """
 
+    engine = "onnxruntime"
+
     def __init__(
         self,
-        path: str | Path,
+        path: str | Path | None,
         scale: int | None = None,
         *,
         arch: str | None = None,
         threads: int | None = None,
+        _content: bytes | None = None,
+        _what: str = "",
     ) -> None:
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise OnnxError(f"ONNX file not found: {self.path}")
-        self.session = onnx_session(str(self.path), str(self.path), threads)
+        self.path = Path(path) if path is not None else None
+        self.what = _what or str(self.path)
+        if _content is None:
+            assert self.path is not None
+            if not self.path.is_file():
+                raise OnnxError(f"ONNX file not found: {self.path}")
+        self.session = onnx_session(
+            _content if _content is not None else str(self.path), self.what, threads
+        )
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) < 1 or len(inputs[0].shape) != 4:
-            raise OnnxError(f"{self.path}: expected one NCHW image input and an image output")
+            raise OnnxError(f"{self.what}: expected one NCHW image input and an image output")
         if inputs[0].type not in ("tensor(float)", "tensor(float16)"):
             raise OnnxError(
-                f"{self.path}: its input is {inputs[0].type}; slimsr runs models that take "
+                f"{self.what}: its input is {inputs[0].type}; slimsr runs models that take "
                 "float RGB in [0,1], NCHW"
             )
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
@@ -178,38 +189,43 @@ class OnnxUpscaler(Runner):
             from slimsr.registry import get_model_info
 
             if get_model_info(arch).name != self.arch:
-                raise OnnxError(f"{self.path} holds {self.arch}, not {arch}")
+                raise OnnxError(f"{self.what} holds {self.arch}, not {arch}")
         self.scale = self._resolve_scale(scale)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, what: str = "the model", **kwargs: Any) -> OnnxUpscaler:
+        """A graph held in memory (`export.onnx.onnx_model_bytes`), no file written."""
+        return cls(None, _content=data, _what=what, **kwargs)
 
     @property
     def name(self) -> str:
-        return self.arch or self.path.stem
+        return self.arch or (self.path.stem if self.path is not None else "onnx")
 
     @property
     def _short_name(self) -> str:
-        return self.path.name
+        return self.path.name if self.path is not None else self.what
 
     def _resolve_scale(self, scale: int | None) -> int:
         stored = self.metadata.get(META + "scale")
         if stored is not None:
             if scale is not None and int(scale) != int(stored):
-                raise OnnxError(f"{self.path} is a x{stored} model, not x{scale}")
+                raise OnnxError(f"{self.what} is a x{stored} model, not x{scale}")
             return int(stored)
         if scale is not None:
             return int(scale)
         shape = self.session.get_inputs()[0].shape
         h, w = (d if isinstance(d, int) and d > 0 else 32 for d in shape[2:])
-        out = run_onnx(self.session, np.zeros((1, 3, h, w), np.float32), str(self.path))
+        out = run_onnx(self.session, np.zeros((1, 3, h, w), np.float32), self.what)
         s = out.shape[2] // h if out.ndim == 4 else 0
         if s < 1 or tuple(out.shape[2:]) != (s * h, s * w):
-            raise OnnxError(f"{self.path}: cannot tell its scale from a probe run; pass --scale")
+            raise OnnxError(f"{self.what}: cannot tell its scale from a probe run; pass --scale")
         return s
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        return run_onnx(self.session, x, str(self.path))
+        return run_onnx(self.session, x, self.what)
 
     def __repr__(self) -> str:
-        return f"OnnxUpscaler({str(self.path)!r}, arch={self.arch}, scale={self.scale})"
+        return f"OnnxUpscaler({self.what!r}, arch={self.arch}, scale={self.scale})"
 
 
 # -- LiteRT ------------------------------------------------------------------------------------
@@ -237,6 +253,8 @@ class TFLiteUpscaler(Runner):
     `io="uint8"` or `"float"` refuses a file of the other kind; `scale` is checked against
     (or found by) one probe run.
     """
+
+    engine = "tflite"
 
     def __init__(
         self,
