@@ -37,6 +37,10 @@ SMALL: dict[str, dict] = {
     "safmn": {"dim": 8, "n_blocks": 1},
     "safmn_ntire": {"dim": 8, "n_blocks": 1},
     "smfanet": {"dim": 8, "n_blocks": 1},
+    "span": {"feature_channels": 8},
+    "span_ntire": {"feature_channels": 8},
+    "span_ntire_train": {"feature_channels": 8},
+    "span_train": {"feature_channels": 8},
     "swinir_m": {"embed_dim": 12, "depths": (2,), "num_heads": (2,), "num_feat": 16},
     "swinir_s": {"embed_dim": 12, "depths": (2,), "num_heads": (2,)},
     "swinirmini": {"depths": (2,), "num_heads": (6,)},  # one plain and one shifted block

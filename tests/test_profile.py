@@ -310,6 +310,7 @@ def test_channels_last_default_comes_from_the_family() -> None:
         "rlfn",
         "safmn",
         "smfanet",
+        "span",
         "swinir",
     }
     for family in families:

@@ -38,6 +38,12 @@ EXPECTED_PARAMS = {
     "rlfn_ntire": (302_278, 308_503, 317_218),
     "safmn": (227_820, 232_695, 239_520),
     "smfanet": (185_628, 190_503, 197_328),
+    # SPAN: hongyuanyu/SPAN span_arch.py; the train forms count their frozen eval_conv (an
+    # nn.Parameter officially). span_ntire x4 = the NTIRE 2024 release file's tensor count.
+    "span": (410_700, 417_195, 426_288),
+    "span_train": (2_221_140, 2_227_635, 2_236_728),
+    "span_ntire": (141_580, 145_375, 150_688),
+    "span_ntire_train": (760_320, 764_115, 769_428),
 }
 
 
@@ -152,6 +158,7 @@ def test_family_facts_are_declared_once_and_inherited() -> None:
         "rlfn": (False, "approximate"),
         "safmn": (False, "approximate"),
         "smfanet": (False, "approximate"),
+        "span": (False, "exact"),
         "swinir": (True, "approximate"),
     }
     overrides = {
@@ -208,6 +215,10 @@ CUSTOM: list[tuple[str, int, dict, tuple[str, dict] | None]] = [
     ("fmen_train", 2, {"block": "pb"}, None),
     ("e_rfdn", 3, {"num_feat": 20, "num_block": 2}, None),
     ("e_rfdn", 2, {"num_block": 6}, None),
+    ("span", 3, {"feature_channels": 16}, None),
+    ("span_train", 2, {"feature_channels": 12}, None),
+    ("span_ntire", 4, {"feature_channels": 48}, ("span", {})),
+    ("span_ntire_train", 3, {"feature_channels": 26}, ("span_train", {"feature_channels": 26})),
     ("edsr_baseline", 2, {"num_feat": 32, "num_block": 4}, None),
     ("edsrmini", 4, {"num_feat": 24}, None),
     ("fmen_s", 3, {"n_feats": 24, "mid_feats": 12, "down_blocks": 2, "up_blocks": [1, 0, 2]}, None),

@@ -170,5 +170,5 @@ def test_refuses_networks_without_a_train_form() -> None:
         reparameterize(nn.Conv2d(3, 3, 3))
     with pytest.raises(NotReparameterizableError, match="already a deploy"):
         reparameterize_model(SRModel(deploy, get_model_info("fmen_s"), 2))
-    with pytest.raises(NotReparameterizableError, match="not a train-time FMEN state dict"):
+    with pytest.raises(NotReparameterizableError, match="not a train-time FMEN or SPAN state dict"):
         deploy_state_dict(deploy.state_dict())

@@ -62,7 +62,7 @@ def test_identical_predictions_blend_exactly() -> None:
     assert count_tiles(50, 37, 16, 6) > 4
 
 
-LOCAL = [("fmen_s", 4), ("abpn", 3), ("edsrmini", 2)]
+LOCAL = [("fmen_s", 4), ("abpn", 3), ("edsrmini", 2), ("span_train", 2)]
 """One variant of every family that declares `tiling="exact"` (checked below)."""
 
 

@@ -1,4 +1,4 @@
-"""Structural re-parameterisation: a train-time FMEN becomes its plain-conv deploy form.
+"""Structural re-parameterisation: a train-time FMEN or SPAN becomes its plain-conv deploy form.
 
 The deploy network computes exactly what the train-time network computes in eval mode (BN with
 running statistics), up to float rounding. Two folds do it; the algebra, with `*` a 2-D
@@ -26,6 +26,11 @@ t = beta - mean * s (per channel; eps read from each BN module).
 HFAB folds bn1 into `squeeze`, then bn2 (before) and bn3 (after) into `excitate`.
 Everything else (head, warm-up conv, lr_conv, tail) is copied. The folds run in float64 and the
 results are cast back to the dtype of the train weights.
+
+SPAN's Conv3XC -> its `eval_conv` (`slimsr.archs.span.fold_conv3xc`, where the algebra is written
+down: the network itself folds in eval mode, as the official module does). The train branches
+(`sk`, `conv.0..2`) are dropped and `eval_conv` is recomputed from them, never copied: a file's
+stored `eval_conv` can be stale.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from slimsr.archs.fmen import FMEN, TrainFMEN
+from slimsr.archs.span import CONV3XC_PARTS, SPAN, fold_conv3xc
 from slimsr.errors import SlimsrError
 from slimsr.registry import get_model_info
 
@@ -99,15 +105,17 @@ _BN_FIELDS = ("weight", "bias", "running_mean", "running_var", "num_batches_trac
 def deploy_state_dict(
     train_state_dict: Mapping[str, Tensor], bn_eps: float | Mapping[str, float] = DEFAULT_BN_EPS
 ) -> dict[str, Tensor]:
-    """The deploy (official `TEST_FMEN`) state dict of a train-time (`TRAIN_FMEN`) state dict.
+    """The deploy state dict of a train-time one: FMEN (`TRAIN_FMEN` -> `TEST_FMEN`) or SPAN
+    (Conv3XC branches + `eval_conv` -> `eval_conv`).
 
     `bn_eps` is one eps for every BN, or a mapping from BN module name (e.g. `HFABs.0.bn1`) to
     its eps; a state dict does not record eps, `reparameterize` reads it from the modules.
     """
     sd = train_state_dict
-    if not any(k.endswith(".expand_conv.weight") or ".bn1." in k for k in sd):
+    if not any(k.endswith((".expand_conv.weight", ".sk.weight")) or ".bn1." in k for k in sd):
         raise NotReparameterizableError(
-            "these weights have no RRRB or BatchNorm keys: not a train-time FMEN state dict"
+            "these weights have no RRRB, BatchNorm or Conv3XC keys: "
+            "not a train-time FMEN or SPAN state dict"
         )
 
     def eps(bn: str) -> float:
@@ -129,6 +137,14 @@ def deploy_state_dict(
             w, b = fuse_rrrb(*parts)
             out[block + "rep_conv.weight"], out[block + "rep_conv.bias"] = w, b
             used.update(f"{block}{p}.{f}" for p in _RRRB_PARTS for f in ("weight", "bias"))
+        elif key.endswith(".sk.weight") and key[: -len("sk.weight")] + "eval_conv.weight" in sd:
+            conv3xc = key[: -len("sk.weight")]
+            dtype = sd[key].dtype
+            w, b = fold_conv3xc(*(sd[conv3xc + p].detach().double() for p in CONV3XC_PARTS))
+            out[conv3xc + "eval_conv.weight"] = w.to(dtype)
+            out[conv3xc + "eval_conv.bias"] = b.to(dtype)
+            used.update(conv3xc + p for p in CONV3XC_PARTS)
+            used.update({conv3xc + "eval_conv.weight", conv3xc + "eval_conv.bias"})
         elif key.endswith(".squeeze.weight") and key[: -len("squeeze.weight")] + "bn1.weight" in sd:
             hfab = key[: -len("squeeze.weight")]
             w, b = fold_bn_before(
@@ -180,22 +196,31 @@ def _fill(deploy: nn.Module, train_net: nn.Module) -> nn.Module:
     return deploy.eval()
 
 
+def is_train_form(net: nn.Module) -> bool:
+    """A network with re-parameterisable blocks to fold: `TrainFMEN`, or a train-form `SPAN`."""
+    return isinstance(net, TrainFMEN) or (isinstance(net, SPAN) and not net.deploy)
+
+
 def reparameterize(train_net: nn.Module, deploy_form: str | None = None) -> nn.Module:
-    """The deploy network of a train-time FMEN, same hyper-parameters, weights folded.
+    """The deploy network of a train-time FMEN or SPAN, same hyper-parameters, weights folded.
 
     The result equals `train_net` in eval mode (running BN statistics); `train_net` is left
     untouched. `deploy_form` names the registered deploy variant to build (the train variant's
     `ModelInfo.deploy_form`); without it the deploy class is built from the net's hyper-parameters.
     """
-    if not isinstance(train_net, TrainFMEN):
+    if not is_train_form(train_net):
         raise NotReparameterizableError(
-            f"reparameterize needs a train-time FMEN (e.g. fmen_s_train), got "
-            f"{type(train_net).__name__}; deploy-form networks are already re-parameterised"
+            f"reparameterize needs a train-time FMEN or SPAN (e.g. fmen_s_train, span_train), "
+            f"got {type(train_net).__name__}; deploy-form networks are already re-parameterised"
         )
     hparams = dict(train_net.hparams)
     scale = hparams.pop("scale")
     if deploy_form is None:
-        deploy: nn.Module = FMEN(scale, **hparams)
+        deploy: nn.Module = (
+            SPAN(scale, **hparams, deploy=True)
+            if isinstance(train_net, SPAN)
+            else FMEN(scale, **hparams)
+        )
     else:
         deploy = get_model_info(deploy_form).build(scale, **hparams)
     return _fill(deploy, train_net)
@@ -216,8 +241,8 @@ def reparameterize_model(model: Any) -> Any:
         raise NotReparameterizableError(
             f"{info.name} has no train-time form to fold (it is already a deploy network)"
         )
-    if not isinstance(model.net, TrainFMEN):
-        raise NotReparameterizableError(f"{info.name}: its network is not a train-time FMEN")
+    if not is_train_form(model.net):
+        raise NotReparameterizableError(f"{info.name}: its network is not a train-time form")
     deploy_info = get_model_info(info.deploy_form)
     deploy = _fill(deploy_info.build(model.scale, **model.kwargs), model.net)
     return SRModel(deploy, deploy_info, model.scale, dict(model.kwargs))

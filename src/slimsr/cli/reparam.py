@@ -1,4 +1,5 @@
-"""`slimsr reparam IN -o OUT`: train-time (RRRB + BatchNorm) weights -> deploy weights."""
+"""`slimsr reparam IN -o OUT`: train-time weights (FMEN RRRB + BatchNorm, SPAN Conv3XC) -> deploy
+weights."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from slimsr.factory import load, save
 )
 def reparam_command(
     weights: Path = typer.Argument(
-        ..., metavar="WEIGHTS", help="Train-time weights (e.g. an fmen_s_train checkpoint)."
+        ...,
+        metavar="WEIGHTS",
+        help="Train-time weights (e.g. an fmen_s_train or span_train checkpoint).",
     ),
     output: Path = typer.Option(
         ...,
