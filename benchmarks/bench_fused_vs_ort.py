@@ -8,10 +8,11 @@ as: the plain network contiguous (NCHW) and channels-last (NHWC), slimsr's fused
 (`slimsr.fused.fuse`, the CPU default of `prepare_for_inference`), and ONNX Runtime fp32 on
 the file `slimsr.export.onnx.export_onnx` writes (session from `export.runners.onnx_session`,
 same thread count). All four are checked against each other first, then run round-robin
-(`bench_int8.measure`, rotating order) so that load from other processes hits them alike;
-medians. Also: achieved GFLOP/s (2 x MACs counted by `slimsr.profile.complexity`) and, for
+(`bench_int8.measure`, rotating order). Ratios are medians of per-round ratios (the four calls
+of a round run back to back, so load from other processes, which changes over seconds, hits
+them alike; medians of the times themselves are given too). Also: achieved GFLOP/s (2 x MACs counted by `slimsr.profile.complexity`) and, for
 scale, a large square SGEMM's GFLOP/s measured in the same run. Ratios are to ONNX Runtime and
-to the plain network's faster layout. Prints a table, writes JSON; no asserts on timings.
+to the plain network's faster layout in that round. Prints a table, writes JSON; no asserts on timings.
 """
 
 from __future__ import annotations
@@ -58,6 +59,11 @@ def _timed(call: Any) -> float:
     return time.perf_counter() - t0
 
 
+def per_round(a: list[float], b: list[float]) -> float:
+    """Median over rounds of a[i] / b[i]."""
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
+
+
 def run_case(
     name: str, scale: int, hw: tuple[int, int], args: argparse.Namespace, tmp: Path
 ) -> dict:
@@ -93,7 +99,7 @@ def run_case(
         times = measure(calls, args.warmup, args.repeats)
     med = {k: statistics.median(v) for k, v in times.items()}
     flop = 2 * complexity(net, hw).flops["macs"]
-    best_plain = min(med["plain NCHW"], med["plain NHWC"])
+    best_plain = [min(a, b) for a, b in zip(times["plain NCHW"], times["plain NHWC"], strict=True)]
     return {
         "model": name,
         "scale": scale,
@@ -102,8 +108,8 @@ def run_case(
         "max_abs_diff_vs_plain": diffs,
         "median_ms": med,
         "gflops_per_s": {k: flop / (v / 1000) / 1e9 for k, v in med.items()},
-        "ratio_to_ort": {k: v / med["ORT fp32"] for k, v in med.items()},
-        "fused_to_best_plain": med["fused"] / best_plain,
+        "ratio_to_ort": {k: per_round(v, times["ORT fp32"]) for k, v in times.items()},
+        "fused_to_best_plain": per_round(times["fused"], best_plain),
         "times_ms": times,
     }
 
