@@ -208,6 +208,25 @@ def test_abpn_switches(residual: str, clip: bool) -> None:
         assert net(torch.rand(1, 3, 8, 8) * 255).shape == (1, 3, 24, 24)
 
 
+@pytest.mark.parametrize("residual", ["anchor", "none", "nearest", "bilinear", "feature"])
+@pytest.mark.parametrize("clip", [True, False])
+def test_abpn_fused_form_covers_every_switch(residual: str, clip: bool) -> None:
+    from slimsr.fused import fuse
+
+    torch.manual_seed(0)
+    net = default_registry().get("abpn").build(3, residual=residual, clip=clip).eval().double()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.05)  # biases off zero, outputs past the clip
+    fused = fuse(net)
+    assert fused is not None
+    x = torch.rand(2, 3, 7, 10, dtype=torch.float64) * 255
+    with torch.inference_mode():
+        ref = net(x)
+        torch.testing.assert_close(fused(x), ref, rtol=0, atol=1e-9)
+    assert (ref.min() < 0) != clip  # the switch is live: unclipped outputs go below 0
+
+
 def test_abpn_nearest_equals_anchor_and_clip_is_optional() -> None:
     """The paper: ABRL is nearest-neighbour residual learning for integer scales."""
     torch.manual_seed(0)

@@ -39,7 +39,17 @@ SIZES = ((17, 23), (31, 16))  # odd, non-square; ESA needs >= 15 px
 
 
 def test_the_fused_models_are_the_expected_ones() -> None:
-    assert FUSED == ["bsrn", "bsrn_s", "e_rfdn", "fmen", "fmen_s"]
+    assert FUSED == [
+        "abpn",
+        "bsrn",
+        "bsrn_s",
+        "e_rfdn",
+        "fmen",
+        "fmen_s",
+        "rlfn",
+        "rlfn_ntire",
+        "rlfn_s",
+    ]
 
 
 def _perturbed(name: str, scale: int, dtype: torch.dtype) -> nn.Module:
@@ -70,6 +80,24 @@ def test_fused_form_equals_the_plain_forward(name: str, scale: int) -> None:
             assert err <= atol, f"{name} x{scale} {dtype} {h}x{w}: {err:.2e}"
 
 
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_fused_abpn_clips_exactly_where_the_plain_graph_does(scale: int) -> None:
+    """A last-conv bias of +-300 drives most outputs past [0, 255]: the fused form must clip
+    the same pixels to exactly 0 and 255 and agree with the plain graph elsewhere."""
+    net = _perturbed("abpn", scale, torch.float32)
+    with torch.no_grad():
+        net.convs[-1].bias.copy_(torch.linspace(-300, 300, net.convs[-1].out_channels))
+    fused = fuse(net)
+    x = torch.rand(2, 3, 9, 14) * 255
+    with torch.inference_mode():
+        ref, out = net(x), fused(x)
+    for bound in (0.0, 255.0):
+        assert torch.equal(out == bound, ref == bound)
+    assert 0.2 < (ref == 0).float().mean() < 0.8 and (ref == 255).any()
+    assert out.min() >= 0 and out.max() <= 255
+    torch.testing.assert_close(out, ref, rtol=0, atol=255 * 1e-6)
+
+
 def test_fused_form_leaves_the_network_alone_and_holds_no_state() -> None:
     net = _perturbed("bsrn_s", 4, torch.float32)
     before = {k: v.clone() for k, v in net.state_dict().items()}
@@ -90,10 +118,15 @@ def test_fused_form_leaves_the_network_alone_and_holds_no_state() -> None:
         ("bsrn_s", "bsrn_s_x4.pth"),
         ("e_rfdn", "e_rfdn_x4.pth"),
         ("fmen_s", "fmen_s_x4_deploy.pt"),
+        ("rlfn", "rlfn_x4.pth"),
+        ("rlfn_s", "rlfn_s_x2.pth"),
+        ("rlfn_ntire", "rlfn_ntire_x4.pth"),
+        ("abpn", "abpn_x3_float_keras.npz"),
     ],
 )
 def test_fused_form_of_the_official_weights(name: str, filename: str) -> None:
-    model = slimsr.create_model(name, 4, weights=official_weight(filename))
+    model = slimsr.load(official_weight(filename))
+    assert model.name == name
     net = model.net.eval().double()
     fused = fuse(net)
     x = torch.rand(1, 3, 19, 21, dtype=torch.float64) * model.input_range
@@ -126,10 +159,10 @@ def test_prepare_for_inference_switches() -> None:
     assert not inference_config(plain).fused and not inference_config(plain).channels_last
     raw = prepare_for_inference(build_network("bsrn", 2), "cpu")  # a raw network: raw result
     assert isinstance(raw, FusedModule) and inference_config(raw).fused
-    abpn = prepare_for_inference(slimsr.create_model("abpn", 3), "cpu")  # no fused form
-    assert not inference_config(abpn).fused
+    edsr = prepare_for_inference(slimsr.create_model("edsrmini", 3), "cpu")  # no fused form
+    assert not inference_config(edsr).fused
     with pytest.raises(SlimsrError, match="no fused inference form"):
-        prepare_for_inference(slimsr.create_model("abpn", 3), "cpu", fuse=True)
+        prepare_for_inference(slimsr.create_model("edsrmini", 3), "cpu", fuse=True)
     assert default_fuse(build_network("bsrn", 2), "cpu")
     assert not default_fuse(build_network("bsrn", 2), "cuda")  # not measured on GPUs
     assert not default_fuse(build_network("fmen_s_train", 2), "cpu")  # re-parameterise first

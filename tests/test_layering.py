@@ -182,12 +182,12 @@ def test_every_fused_form_is_found_through_the_map() -> None:
     fused_families = {
         registry.get(name).family for name, net in nets.items() if type(net) in FUSED_FORMS
     }
-    assert fused_families == {"bsrn", "fmen", "rfdn"}
+    assert fused_families == {"abpn", "bsrn", "fmen", "rfdn", "rlfn"}
     built = {type(net) for net in nets.values()}
     assert set(FUSED_FORMS) <= built  # no form registered for a class no variant builds
-    for name in ("bsrn_s", "e_rfdn", "fmen_s"):
+    for name in ("abpn", "bsrn_s", "e_rfdn", "fmen_s", "rlfn_ntire"):
         assert isinstance(fuse(build_network(name, 2, **_small(name))), FusedModule), name
-    assert fuse(build_network("abpn", 2)) is None
+    assert fuse(build_network("edsrmini", 2)) is None
     assert fuse(build_network("fmen_s_train", 2)) is None  # re-parameterise first
 
 
@@ -196,4 +196,5 @@ def _small(name: str) -> dict[str, int]:
     return {
         "e_rfdn": {"num_feat": 8, "num_block": 1},
         "bsrn_s": {"num_feat": 16, "num_block": 1},
+        "rlfn_ntire": {"num_feat": 8, "num_block": 1, "mid_feat": 8},
     }.get(name, {})

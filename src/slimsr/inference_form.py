@@ -10,12 +10,13 @@ Inference needs no autograd state, so everything runs under `torch.inference_mod
 parameters frozen and the module in eval mode. On top of that, per model, whatever measured
 fastest (numbers in docs/efficiency.md):
 
-- **Fused forms** (default on CPU for BSRN, BSRN-S, E-RFDN, FMEN, FMEN-S): `slimsr.fused.fuse`
-  builds a new module from the trained weights that computes the same function with fewer
-  passes over memory: channels-last throughout, concatenations feeding a
-  1x1 conv replaced by running sums, chains of linear layers folded, residual identities folded
-  into conv weights, activations in place or fused into oneDNN convolutions. The trained network
-  is left as it is (its state dict stays official); the fused one holds derived tensors only.
+- **Fused forms** (default on CPU for ABPN, BSRN, BSRN-S, E-RFDN, FMEN, FMEN-S, RLFN, RLFN-S
+  and the RLFN NTIRE entry): `slimsr.fused.fuse` builds a new module from the trained weights
+  that computes the same function with fewer passes over memory: channels-last throughout,
+  concatenations feeding a 1x1 conv replaced by running sums, chains of linear layers folded,
+  residual identities folded into conv weights, activations in place or fused into oneDNN
+  convolutions. The trained network is left as it is (its state dict stays official); the
+  fused one holds derived tensors only.
 - **Memory format** for the other networks: channels_last (NHWC) where it measured faster on
   CPU, as each family declares in its registry entry (`ModelInfo.cpu_channels_last`, set by
   `register_family` in `archs/<family>.py`, with the measured ratios). On CUDA nothing was

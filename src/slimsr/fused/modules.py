@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from slimsr.archs.blocks import ESA, BSConvU, DistillationBlock
+from slimsr.archs.rlfn import LiteESA
 from slimsr.fused.kernels import (
     NO_ACT,
     Act,
@@ -230,29 +231,33 @@ class FusedConv(FusedModule):
 
 
 class FusedESA(FusedModule):
-    """ESA with its full-resolution 1x1s (conv1, conv_f, and a BSConvU conv2's pointwise step)
-    folded into one 1x1, `squeeze(esa)`: the (2f, C) matrix and bias from the features `out`
-    to `[s, cf]`, where `s` is what the stride-2 conv reads and `cf` = conv_f(conv1(out)).
-    The caller applies it (`forward(out, sq)`); the 1x1 `conv4` gets a fused sigmoid.
+    """ESA (RFDN, BSRN) or RLFN's `LiteESA` with its full-resolution 1x1s (conv1, conv_f, and a
+    BSConvU conv2's pointwise step) folded into one 1x1, `squeeze(esa)`: the (2f, C) matrix and
+    bias from the features `out` to `[s, cf]`, where `s` is what the stride-2 conv reads and
+    `cf` = conv_f(conv1(out)). The caller applies it (`forward(out, sq)`); the 1x1 `conv4` gets
+    a fused sigmoid. The coarse branch after the pool: ESA's conv_max, conv3 and conv3_ with
+    activations, or LiteESA's single linear conv3.
     """
 
-    def __init__(self, esa: ESA) -> None:
+    def __init__(self, esa: ESA | LiteESA) -> None:
         super().__init__()
         self.f = (
             esa.conv1.out_features if isinstance(esa.conv1, nn.Linear) else esa.conv1.out_channels
         )
-        self.act = Act.of(esa.act)
         self.down = FusedConv(esa.conv2.dw if isinstance(esa.conv2, BSConvU) else esa.conv2)
-        self.conv_max = FusedConv(esa.conv_max)
         self.conv3 = FusedConv(esa.conv3)
-        self.conv3_ = FusedConv(esa.conv3_)
+        self.lite = isinstance(esa, LiteESA)
+        if not self.lite:
+            self.act = Act.of(esa.act)
+            self.conv_max = FusedConv(esa.conv_max)
+            self.conv3_ = FusedConv(esa.conv3_)
         w4, b4 = linear_of(esa.conv4)
         ref = self.down.weight
         self.buffer("w4", as_pointwise_weight(w4, ref))
         self.buffer("b4", b4.to(ref.dtype))
 
     @staticmethod
-    def squeeze(esa: ESA) -> tuple[Tensor, Tensor]:
+    def squeeze(esa: ESA | LiteESA) -> tuple[Tensor, Tensor]:
         """(2f, C) matrix and (2f,) bias from `out` to `[s, cf]`, float64."""
         w1, b1 = linear_of(esa.conv1)
         wf, bf = linear_of(esa.conv_f)
@@ -267,8 +272,10 @@ class FusedESA(FusedModule):
         f = self.f
         s, cf = sq[:, :f], sq[:, f:]
         coarse = F.max_pool2d(self.down(channels_last(s)), kernel_size=7, stride=3)
-        coarse = self.conv3(self.conv_max(coarse, self.act), self.act)
-        coarse = self.conv3_(coarse)
+        if self.lite:
+            coarse = self.conv3(coarse)
+        else:
+            coarse = self.conv3_(self.conv3(self.conv_max(coarse, self.act), self.act))
         up = F.interpolate(coarse, size=out.shape[-2:], mode="bilinear", align_corners=False)
         up = channels_last(up).add_(cf)
         return fused_conv(up, self.w4, self.b4, act=Act("sigmoid")).mul_(out)
