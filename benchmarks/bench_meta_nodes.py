@@ -315,6 +315,7 @@ def main(argv: list[str] | None = None) -> None:
         "torch": torch.__version__,
         "machine": platform.platform(),
         "processor": platform.processor(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the ISA ATen dispatches to
         "paper_source": "Du et al. 2021 (ABPN), Table 1: Synaptics Dolphin NPU",
         "rows": rows,
         "times_ms": times,

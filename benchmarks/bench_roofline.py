@@ -267,6 +267,7 @@ def main(argv: list[str] | None = None) -> None:
         "torch": torch.__version__,
         "machine": platform.platform(),
         "processor": platform.processor(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the ISA ATen dispatches to
         "conventions": "FLOPs = 2 x MACs (macs convention); bytes = op-by-op fp32 traffic",
         "runs": [],
     }

@@ -119,7 +119,8 @@ def main() -> None:
         "produced_by": args.produced_by,
         "protocol": "basicsr (Y of BT.601, border = scale, SR as uint8); LR by MATLAB-exact bicubic",
         "results": measure(model, args.shared, model.scale),
-        "paper (Jiang et al. 2024, Table I)": PAPER.get(model.name, {}),
+        # Table I is x2 only: other scales have no published figure to stand beside.
+        "paper (Jiang et al. 2024, Table I)": PAPER.get(model.name, {}) if model.scale == 2 else {},
     }
     atomic_write_text(COMPRESSED / f"{stem}.metrics.json", json.dumps(metrics, indent=2) + "\n")
     print(json.dumps(metrics["results"], indent=2))
