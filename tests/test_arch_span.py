@@ -207,6 +207,24 @@ def test_eval_refolds_after_training_steps() -> None:
         _assert_close(net.train()(x), net.eval()(x))
 
 
+def test_eval_refolds_after_edits_through_data() -> None:
+    """BasicSR-style EMA edits `p.data` in place, which leaves the version counter alone: the
+    next eval forward must still run the fold of the edited branches."""
+    net = build_network("span_train", 2, feature_channels=8).eval()
+    x = torch.rand(1, 3, 10, 10)
+    with torch.no_grad():
+        before = net(x)
+    for name, p in net.named_parameters():
+        if ".eval_conv." not in name:
+            p.data.mul_(0.9).add_(0.01)  # an EMA step toward other weights
+    with torch.inference_mode():
+        edited = net(x)
+    with torch.no_grad():
+        branches = net.train()(x)
+    assert float((branches - before).abs().max()) > 1e-3  # the edit did change the function
+    _assert_close(branches, edited)
+
+
 def test_reparameterize_model_and_refusals() -> None:
     model = SRModel(_randomise(build_network("span_train", 3)), get_model_info("span_train"), 3)
     deployed = reparameterize_model(model)

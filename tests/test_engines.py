@@ -168,6 +168,67 @@ def test_the_cache_folder_follows_the_environment(tmp_path, monkeypatch) -> None
 
 
 @needs_ort
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"engine": "torch", "times_ms": {"torch": "fast"}},
+        {"engine": "tpu", "times_ms": {"tpu": 1.0}},
+        {"engine": "torch", "times_ms": {"torch": float("nan")}},
+        {"engine": "torch", "times_ms": {"gpu": 1.0}},
+        {"engine": "torch", "times_ms": [1.0]},
+        "torch",
+    ],
+)
+def test_a_bad_cache_entry_is_measured_again(cache, measured, entry) -> None:
+    key, _ = cache_key(tiny(), 1, torch.float32)
+    assert write_cache(cache, key, entry)  # type: ignore[arg-type]
+    choice = choose_engine(tiny(), threads=1)
+    assert choice.how == "measured" and len(measured) == 2
+    choice.describe()  # formats the times: must not raise
+    again = choose_engine(tiny(), threads=1)
+    assert again.how == "cached" and again.describe().startswith(f"engine: {choice.engine}")
+
+
+def test_no_home_means_no_cache_not_a_crash(tmp_path, monkeypatch, measured) -> None:
+    for var in ("SLIMSR_CACHE_DIR", "XDG_CACHE_HOME", "HOME"):
+        monkeypatch.delenv(var, raising=False)
+
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    assert engines.cache_dir() is None
+    for _ in range(2):  # measured each time, nothing written
+        choice = choose_engine(tiny(), threads=1)
+        assert choice.how in ("measured", "only") and choice.engine in available()
+    if onnxruntime_available():
+        assert "no cache folder" in choice.note and len(measured) == 4
+
+
+@needs_ort
+def test_torchrun_runs_torch_unless_a_choice_is_cached(cache, measured, monkeypatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    choice = choose_engine(tiny(), threads=1)
+    assert (choice.engine, choice.how) == ("torch", "torchrun") and not measured
+    assert "not measured under torchrun" in choice.describe() and not cache.exists()
+    key, _ = cache_key(tiny(), 1, torch.float32)
+    assert write_cache(cache, key, {"engine": "onnxruntime", "times_ms": {"onnxruntime": 1.0}})
+    cached = choose_engine(tiny(), threads=1)
+    assert (cached.engine, cached.how) == ("onnxruntime", "cached") and not measured
+
+
+@pytest.mark.skipif(engines.fcntl is None, reason="no fcntl: the cache write is not locked")
+def test_concurrent_cache_writers_keep_each_others_entries(tmp_path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    cache = tmp_path / CACHE_FILE
+    with ThreadPoolExecutor(8) as pool:
+        done = list(pool.map(lambda i: write_cache(cache, f"k{i}", {"engine": "torch"}), range(32)))
+    assert all(done)
+    assert set(engines.read_cache(cache)) == {f"k{i}" for i in range(32)}
+
+
+@needs_ort
 def test_an_unwritable_cache_costs_a_measurement_not_the_upscale(tmp_path, measured) -> None:
     (tmp_path / "file").write_text("")
     cache = tmp_path / "file" / CACHE_FILE  # its folder is a file
@@ -192,7 +253,7 @@ def test_an_unavailable_engine_is_refused_and_auto_runs_torch(
     assert line == "engine: torch (the only engine available)" and not cache.exists()
     err = refused(capsys, "upscale", str(image), "-o", str(tmp_path / "o"), "--engine", "tpu")
     assert "--engine must be one of auto, torch, onnxruntime" in err
-    with pytest.raises(EngineError, match="--engine must be one of"):
+    with pytest.raises(EngineError, match=r"^engine must be one of"):
         slimsr.upscale_image(tiny(), PILImage.open(image), engine="tpu")
 
 
@@ -221,6 +282,92 @@ def test_an_onnx_file_runs_in_onnxruntime_and_eval_records_it(tmp_path, image, c
     )
     assert code == 0, err
     assert json.loads((tmp_path / "res" / "results.json").read_text())["engine"] == "onnxruntime"
+
+
+@needs_ort
+def test_auto_falls_back_to_torch_when_onnxruntime_fails_to_run(cache, monkeypatch) -> None:
+    from slimsr.export.common import OnnxError
+    from slimsr.export.runners import OnnxUpscaler
+
+    def broken(self, x):
+        raise OnnxError(f"{self.what}: onnxruntime failed on a {x.shape} input (boom)")
+
+    monkeypatch.setattr(OnnxUpscaler, "_run", broken)
+    choice = choose_engine(tiny(), threads=1)
+    assert (choice.engine, choice.how) == ("torch", "measured")
+    assert set(choice.times_ms) == {"torch"} and "onnxruntime skipped" in choice.note
+
+
+@needs_ort
+def test_auto_compares_the_engines_at_an_odd_size(cache, monkeypatch) -> None:
+    """A graph that is right on 64x64 but wrong elsewhere (its pad / crop path) is dropped."""
+    from slimsr.export.runners import OnnxUpscaler
+
+    real = OnnxUpscaler._run
+
+    def wrong_off_square(self, x):
+        y = real(self, x)
+        return y if x.shape[-1] == x.shape[-2] else y + 0.1
+
+    monkeypatch.setattr(OnnxUpscaler, "_run", wrong_off_square)
+    choice = choose_engine(tiny(), threads=1)
+    assert choice.engine == "torch" and "on a 53x61 input" in choice.note
+
+
+@needs_ort
+def test_the_engine_session_runs_on_the_cpu(monkeypatch) -> None:
+    """Even where the installed onnxruntime has CUDA, the engine times and runs on the CPU."""
+    import onnxruntime as ort
+
+    asked: list[list[str]] = []
+    real = ort.InferenceSession
+
+    def recording(model, opts, providers):
+        asked.append(list(providers))
+        return real(model, opts, providers=[p for p in providers if p != "CUDAExecutionProvider"])
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider",
+                                                                 "CPUExecutionProvider"])  # fmt: skip
+    monkeypatch.setattr(ort, "InferenceSession", recording)
+    engines.onnx_engine(tiny(), 1)
+    assert asked == [["CPUExecutionProvider"]]
+
+
+@needs_ort
+def test_the_onnxruntime_engine_tiles_within_the_memory_budget() -> None:
+    """The in-memory session carries the PyTorch model's measured bytes per pixel (with a
+    margin), so `--max-memory` picks the tile PyTorch would, not the file constant's."""
+    from slimsr.upscale import UpscaleOptions, activation_bytes_per_pixel, choose_tile
+
+    torch.manual_seed(0)
+    model = slimsr.create_model("edsrmini", 4, num_feat=64, num_block=1)
+    bpp = activation_bytes_per_pixel(model)
+    runner = choose_engine(model, "onnxruntime", threads=1).net
+    assert runner.bytes_per_pixel == pytest.approx(bpp * engines.ORT_MEMORY_FACTOR)
+    assert runner.bytes_per_pixel > 4 * slimsr.upscale.RUNNER_BYTES_PER_PIXEL
+    opts = UpscaleOptions(memory_budget_mb=256)
+    tile = choose_tile(1000, 1000, opts, runner, output_in_memory=False)
+    assert opts.bytes_per_pixel == runner.bytes_per_pixel
+    assert tile > 64 and tile * tile * runner.bytes_per_pixel <= 256 * 2**20
+    constant = UpscaleOptions(memory_budget_mb=256, bytes_per_pixel=4096.0)
+    assert tile < choose_tile(1000, 1000, constant, runner, output_in_memory=False)
+
+
+@needs_ort
+def test_a_runner_runs_on_its_own_runtime_in_the_library(tmp_path, image) -> None:
+    from slimsr.export.onnx import export_onnx
+    from slimsr.export.runners import load_runner
+
+    path = tmp_path / "tiny.onnx"
+    export_onnx(tiny(), path, verify=False)
+    runner = load_runner(path)
+    for engine in (None, "auto", "onnxruntime"):
+        out = slimsr.upscale_image(runner, image, engine=engine)
+        assert out.size == (48, 40)
+    assert np.array_equal(np.asarray(out), np.asarray(slimsr.upscale_image(runner, image)))
+    with pytest.raises(EngineError, match="runs in onnxruntime") as info:
+        slimsr.upscale_image(runner, image, engine="torch")
+    assert "--" not in str(info.value)  # the library names no command-line flag
 
 
 @needs_ort

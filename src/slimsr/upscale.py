@@ -132,7 +132,8 @@ class UpscaleOptions:
     """The whole upscale's budget: output array, blending strip and forward pass together."""
     bytes_per_pixel: float | None = None
     """The model's working memory per LR pixel (`activation_bytes_per_pixel`); None: measured
-    on first use (`RUNNER_BYTES_PER_PIXEL` for ONNX / TFLite)."""
+    on first use (for ONNX / TFLite runners their `bytes_per_pixel`, set where the runner was
+    built from a PyTorch model, else `RUNNER_BYTES_PER_PIXEL`)."""
 
 
 def output_size(h: int, w: int, scale: int, outscale: float | None) -> tuple[int, int]:
@@ -171,8 +172,9 @@ def choose_tile(
     if opts.bytes_per_pixel is None:
         if isinstance(model, nn.Module):
             opts.bytes_per_pixel = activation_bytes_per_pixel(model, opts.dtype)
-        else:  # a runtime we cannot probe (ONNX/TFLite): a conservative constant
-            opts.bytes_per_pixel = RUNNER_BYTES_PER_PIXEL
+        else:  # a runtime: what its builder measured, else a conservative constant
+            known = getattr(model, "bytes_per_pixel", None)
+            opts.bytes_per_pixel = float(known) if known else RUNNER_BYTES_PER_PIXEL
     scale = int(getattr(model, "scale", 4))
     ph, pw = h + 2 * BORDER, w + 2 * BORDER
     left = opts.memory_budget_mb * 2**20 - fixed_bytes(h, w, scale, opts, output_in_memory)
@@ -513,7 +515,7 @@ def upscale_image(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
-    engine: str = "torch",
+    engine: str | None = None,
 ) -> Any:
     """A picture (PIL image or a file path) in, an 8-bit PIL image out, made exactly as
     `slimsr upscale` makes it: the fast inference path (`ready_for_upscale`), the mirrored
@@ -521,8 +523,10 @@ def upscale_image(
     gray / alpha layout as the command's output does.
 
     `device` / `dtype` default to the model's own. The model passed in is not changed (its
-    inference form is built on a copy). `engine`: "torch" (default), "onnxruntime", or "auto"
-    (the command's default: the fastest measured, cached; `slimsr.engines`).
+    inference form is built on a copy). `engine`: "torch", "onnxruntime", or "auto" (the
+    command's default: the fastest measured, cached; `slimsr.engines`); None (the default) is
+    "torch" for a PyTorch model, and a runner (`slimsr.load_runner`) always runs on its own
+    runtime (naming another engine is an error).
     """
     from PIL import Image as PILImage
 
@@ -534,6 +538,8 @@ def upscale_image(
         model = copy.deepcopy(model)
     from slimsr.engines import choose_engine  # engines builds on this module
 
+    if engine is None:
+        engine = "torch" if isinstance(model, SRModel) else "auto"  # auto: a runner's own
     net = choose_engine(model, engine, device=device, dtype=dtype).net
     opts = UpscaleOptions(tile, overlap, outscale, device, dtype, memory_budget_mb)
     samples = upscale_samples(net, img, opts, bit_depth=8)

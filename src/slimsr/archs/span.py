@@ -14,7 +14,10 @@ Every 3x3 conv is a `Conv3XC` in two forms:
   1x1 reduce, and `eval_conv`, a frozen 3x3 conv holding the fold of the two. In eval mode
   the official module re-folds `eval_conv` from the branches and runs it alone, so a stale
   `eval_conv` in a file changes nothing; here the fold is redone whenever the branch weights
-  changed (and on `.eval()`, so FLOPs counters see the one conv that runs).
+  changed (and on `.eval()`, so FLOPs counters see the one conv that runs). "Changed" is
+  checked by value against a copy of the branches taken at the last fold, since in-place
+  edits through `.data` (BasicSR-style EMA `p.data.mul_()`) leave the version counter alone;
+  the comparison reads each branch weight once, far cheaper than the fold or the forward.
 * deploy form (`span`, `span_ntire`): `eval_conv` only, as the NTIRE 2024 challenge release
   (Amazingren/NTIRE2024_ESR `models/team38_SPAN.py`, 28 channels) stores it.
   `slimsr.reparam.reparameterize` turns the first into the second.
@@ -92,6 +95,7 @@ class Conv3XC(nn.Module):
         )
         self.eval_conv = conv3x3(c_in, c_out).requires_grad_(False)
         self._folded_from: tuple[tuple[int, int, torch.dtype], ...] | None = None
+        self._folded_values: list[Tensor] = []
         self.refold()  # the official module also starts with eval_conv = fold(branches)
 
     def _branches(self) -> list[Tensor]:
@@ -102,6 +106,14 @@ class Conv3XC(nn.Module):
         return tuple((t._version, t.data_ptr(), t.dtype) for t in self._branches())
 
     @torch.no_grad()
+    def _stale(self) -> bool:
+        """True when `eval_conv` is not the fold of the branches as they are now: their
+        identity changed (step, load, `.to()`) or, by value, an edit through `.data`."""
+        if self._folded_from != self._branch_state():
+            return True
+        return not all(map(torch.equal, self._branches(), self._folded_values))
+
+    @torch.no_grad()
     def refold(self) -> None:
         """Write the fold of the current branch weights into `eval_conv`."""
         ref = self.eval_conv.weight
@@ -109,17 +121,18 @@ class Conv3XC(nn.Module):
         self.eval_conv.weight.copy_(weight)
         self.eval_conv.bias.copy_(bias)  # type: ignore[union-attr]
         self._folded_from = self._branch_state()
+        self._folded_values = [t.detach().clone() for t in self._branches()]
 
     def train(self, mode: bool = True) -> Conv3XC:
         super().train(mode)
-        if not mode and self._folded_from != self._branch_state():
+        if not mode and self._stale():
             self.refold()
         return self
 
     def forward(self, x: Tensor) -> Tensor:
         if self.training:
             return self.conv(F.pad(x, (1, 1, 1, 1))) + self.sk(x)
-        if self._folded_from != self._branch_state():
+        if self._stale():
             self.refold()
         return self.eval_conv(x)
 

@@ -76,6 +76,9 @@ class Runner:
     scale: int
     engine: str = ""
     """The runtime that runs the file ("onnxruntime", "tflite"), as `slimsr.engines` names it."""
+    bytes_per_pixel: float | None = None
+    """Working memory per LR pixel, where known (`slimsr.engines` measures the PyTorch model it
+    exported); None: `upscale.RUNNER_BYTES_PER_PIXEL`, as a file cannot be probed."""
 
     @property
     def name(self) -> str:
@@ -116,17 +119,23 @@ class Runner:
 # -- ONNX Runtime --------------------------------------------------------------------------------
 
 
-def onnx_session(model: bytes | str, what: str, threads: int | None = None) -> Any:
-    """An onnxruntime session (CUDA if the installed build has it, else CPU)."""
+def onnx_session(
+    model: bytes | str,
+    what: str,
+    threads: int | None = None,
+    providers: tuple[str, ...] | None = None,
+) -> Any:
+    """An onnxruntime session on `providers` (those installed of them), by default CUDA if the
+    installed build has it, else CPU."""
     ort = require_onnx("onnxruntime")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # errors reach the user through our exception, once
     if threads:
         opts.intra_op_num_threads = threads
-    wanted = ("CUDAExecutionProvider", "CPUExecutionProvider")
-    providers = [p for p in wanted if p in ort.get_available_providers()]
+    wanted = providers or ("CUDAExecutionProvider", "CPUExecutionProvider")
+    installed = ort.get_available_providers()
     try:
-        return ort.InferenceSession(model, opts, providers=providers)
+        return ort.InferenceSession(model, opts, providers=[p for p in wanted if p in installed])
     except Exception as exc:  # InvalidProtobuf, InvalidGraph, NoSuchFile, Fail, ...
         raise OnnxError(f"{what}: not a readable ONNX model ({first_line(exc)})") from None
 
@@ -163,6 +172,7 @@ class OnnxUpscaler(Runner):
         *,
         arch: str | None = None,
         threads: int | None = None,
+        providers: tuple[str, ...] | None = None,
         _content: bytes | None = None,
         _what: str = "",
     ) -> None:
@@ -173,7 +183,7 @@ class OnnxUpscaler(Runner):
             if not self.path.is_file():
                 raise OnnxError(f"ONNX file not found: {self.path}")
         self.session = onnx_session(
-            _content if _content is not None else str(self.path), self.what, threads
+            _content if _content is not None else str(self.path), self.what, threads, providers
         )
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) < 1 or len(inputs[0].shape) != 4:
