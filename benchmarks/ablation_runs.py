@@ -10,6 +10,13 @@ a dB are within the run-to-run spread (`--seeds 0,1` measures it).
     OMP_NUM_THREADS=1 python benchmarks/ablation_runs.py                 # every table
     OMP_NUM_THREADS=1 python benchmarks/ablation_runs.py --tables abpn_residual --iterations 200
     python benchmarks/ablation_runs.py --list                             # tables and rows
+    python benchmarks/ablation_runs.py --latency --threads 1              # + each row's latency
+
+`--latency` also times every row's inference form (as `slimsr upscale` / `slimsr profile` run
+it: the deploy form of FMEN's train-form rows, fused where the family has a fused form) on one
+LR input (`--latency-size`, default 256x256, ABPN 640x360 as its paper's 1080p output), rows of
+a table interleaved round-robin so that load changes hit all alike: the papers' latency
+columns, on this CPU. Measure on an idle machine.
 
 Writes `<out>.json` (every row: recipe overrides, params, PSNR/SSIM, seconds) and `<out>.md`
 (one table per paper table); default `benchmarks/results/ablations_short`. Runs go to
@@ -199,15 +206,57 @@ def run_row(table: Table, row: Row, iterations: int, seed: int, runs_dir: Path) 
     }
 
 
+def deploy_name(model: str) -> str:
+    """The inference form a train-form row deploys as (FMEN's RRRBs fold into plain convs)."""
+    return model.removesuffix("_train")
+
+
+def latencies(table: Table, size: tuple[int, int], threads: int, repeats: int) -> dict[str, float]:
+    """Median ms of each row's inference form, timed round-robin on the same random input."""
+    import statistics
+
+    import torch
+
+    from slimsr.factory import create_model
+    from slimsr.inference_form import inference_config, prepare_for_inference
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    calls = {}
+    for row in table.rows:
+        model = create_model(deploy_name(row.model), _scale(table), **row.kwargs).eval()
+        fast = prepare_for_inference(model, "cpu", torch.float32, None, False)
+        x = torch.rand(1, 3, *size).contiguous(memory_format=inference_config(fast).memory_format)
+        calls[row.label] = (fast, x)
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    names = list(calls)
+    with torch.inference_mode():
+        for _ in range(2):  # warm-up: packed weights, allocator
+            for fast, x in calls.values():
+                fast(x)
+        for r in range(repeats):
+            for k in names[r % len(names) :] + names[: r % len(names)]:
+                fast, x = calls[k]
+                t0 = time.perf_counter()
+                fast(x)
+                times[k].append((time.perf_counter() - t0) * 1000)
+    return {k: round(statistics.median(v), 2) for k, v in times.items()}
+
+
+def _scale(table: Table) -> int:
+    return int(yaml.safe_load((ROOT / table.recipe).read_text(encoding="utf-8"))["model"]["scale"])
+
+
 def markdown(records: list[dict[str, Any]], budget: dict[str, Any]) -> str:
     lines = [
         "# Paper ablations: one short run per table",
         "",
         f"Every row: from scratch, batch {budget['batch']} of {budget['patch']} px LR patches, "
         "Adam at the recipe's learning rate with a cosine decay to 1% of it, T91 + BSD200, "
-        "one CPU thread; Set5 after the last iteration (Y, BasicSR protocol; ABPN: RGB, "
+        f"{budget['train_threads']} CPU thread(s); Set5 after the last iteration (Y, BasicSR protocol; ABPN: RGB, "
         "the MAI protocol its paper uses). "
-        "Not the papers' converged numbers (see docs/ablations.md).",
+        "Not the papers' converged numbers (see docs/ablations.md). "
+        'Train seconds: wall time on a shared machine ("-": read back from a finished run).',
         "",
     ]
     by_table: dict[str, list[dict[str, Any]]] = {}
@@ -219,16 +268,19 @@ def markdown(records: list[dict[str, Any]], budget: dict[str, Any]) -> str:
             continue
         its = sorted({r["iterations"] for r in recs})
         lines += [f"## {table.paper}", "", f"{', '.join(map(str, its))} iterations per row.", ""]
+        lat = recs[0].get("latency_input")
+        head = f" latency ms ({lat} LR, {budget.get('latency_threads')} thread) |" if lat else ""
         lines += [
-            "| row | params | Set5 PSNR (dB) | SSIM | seed | seconds |",
-            "|---|---|---|---|---|---|",
+            f"| row | params | Set5 PSNR (dB) | SSIM | seed | train seconds |{head}",
+            "|---|---|---|---|---|---|" + ("---|" if lat else ""),
         ]
         for r in recs:
             psnr = "-" if r["psnr"] is None else f"{r['psnr']:.3f}"
             ssim = "-" if r["ssim"] is None else f"{r['ssim']:.4f}"
             secs = "-" if r["seconds"] is None else f"{r['seconds']:.0f}"
+            ms = f" {r['latency_ms']:.1f} |" if lat else ""
             lines.append(
-                f"| {r['row']} | {r['params']:,} | {psnr} | {ssim} | {r['seed']} | {secs} |"
+                f"| {r['row']} | {r['params']:,} | {psnr} | {ssim} | {r['seed']} | {secs} |{ms}"
             )
         lines.append("")
     return "\n".join(lines)
@@ -244,6 +296,12 @@ def main(argv: list[str] | None = None) -> None:
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "ablations_short"
     )
     parser.add_argument("--list", action="store_true", help="print tables and rows, run nothing")
+    parser.add_argument("--latency", action="store_true", help="also time each row's inference")
+    parser.add_argument(
+        "--latency-size", default=None, help="LR HxW (default 256x256; ABPN 360x640)"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="threads for --latency")
+    parser.add_argument("--repeats", type=int, default=7, help="timed rounds for --latency")
     args = parser.parse_args(argv)
 
     keys = [t.key for t in TABLES] if args.tables == "all" else args.tables.split(",")
@@ -262,6 +320,7 @@ def main(argv: list[str] | None = None) -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     import torch
 
+    train_threads = torch.get_num_threads()
     records = []
     for table in tables:
         iterations = args.iterations or table.iterations
@@ -273,7 +332,18 @@ def main(argv: list[str] | None = None) -> None:
                     f"{table.key} | {row.label} | seed {seed} | {rec['psnr']} dB | {rec['seconds']} s",
                     flush=True,
                 )
-    budget = {"batch": BATCH, "patch": PATCH, "threads": torch.get_num_threads(), "seeds": seeds}
+        if args.latency:
+            size = args.latency_size or ("360x640" if table.key.startswith("abpn") else "256x256")
+            hw = tuple(int(v) for v in size.lower().split("x"))
+            ms = latencies(table, hw, args.threads, args.repeats)
+            for rec in records:
+                if rec["table"] == table.key:
+                    rec["latency_ms"], rec["latency_input"] = ms[rec["row"]], size
+            print(f"{table.key} latency (ms, {size}): {ms}", flush=True)
+    budget = {"batch": BATCH, "patch": PATCH, "train_threads": train_threads, "seeds": seeds}
+    if args.latency:
+        budget["latency_threads"] = args.threads
+        budget["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"budget": budget, "torch": torch.__version__, "records": records}
     args.out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
