@@ -1,6 +1,6 @@
 """Fused forms against the plain network and ONNX Runtime fp32 on CPU, side by side.
 
-    python benchmarks/bench_fused_vs_ort.py [--cases abpn:3:360x640,rlfn:4:256x256]
+    python benchmarks/bench_fused_vs_ort.py [--cases abpn:3:360x640,span_ntire:4:256x256]
         [--threads 1] [--warmup 2] [--repeats 7] [--json OUT]
 
 For each case (model:scale:HxW LR), one random network (weights do not change the time) runs
@@ -116,7 +116,9 @@ def run_case(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--cases", default="abpn:3:360x640,rlfn:4:256x256")
+    parser.add_argument(
+        "--cases", default="abpn:3:360x640,rlfn:4:256x256,span_ntire:4:256x256,span:4:128x128"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
@@ -154,6 +156,7 @@ def main() -> None:
         "repeats": args.repeats,
         "sgemm_gflops_per_s": peak,
         "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the ISA ATen dispatches to
         "machine": platform.platform(),
         "cases": rows,
     }

@@ -25,6 +25,7 @@ from slimsr.inference_form import (
     run_inference,
 )
 from slimsr.registry import build_network, default_registry
+from slimsr.reparam import reparameterize
 
 from .conftest import official_weight
 
@@ -49,6 +50,8 @@ def test_the_fused_models_are_the_expected_ones() -> None:
         "rlfn",
         "rlfn_ntire",
         "rlfn_s",
+        "span",
+        "span_ntire",
     ]
 
 
@@ -76,7 +79,10 @@ def test_fused_form_equals_the_plain_forward(name: str, scale: int) -> None:
             with torch.inference_mode():
                 ref, out = net(x), fused(x)
             assert out.shape == ref.shape == (2, 3, h * scale, w * scale)
-            err = (out - ref).abs().max().item() / info.input_range
+            # relative to the output's size where a random network leaves the input's range
+            # (SPAN multiplies its input by 255 inside: outputs ~50)
+            size = max(info.input_range, ref.abs().max().item())
+            err = (out - ref).abs().max().item() / size
             assert err <= atol, f"{name} x{scale} {dtype} {h}x{w}: {err:.2e}"
 
 
@@ -133,6 +139,18 @@ def test_fused_form_of_the_official_weights(name: str, filename: str) -> None:
     with torch.inference_mode():
         err = (fused(x) - net(x)).abs().max().item() / model.input_range
     assert err < 1e-10
+
+
+def test_a_train_form_is_fused_through_its_deploy_form() -> None:
+    """span_ntire_train has no fused form of its own; re-parameterised, its deploy form's fused
+    form computes what the train form computes in eval mode."""
+    train = _perturbed("span_ntire_train", 3, torch.float64)
+    assert fuse(train) is None and not default_fuse(train, "cpu")
+    fused = fuse(reparameterize(train))
+    x = torch.rand(1, 3, 13, 18, dtype=torch.float64)
+    with torch.inference_mode():
+        ref, out = train(x), fused(x)
+    assert (out - ref).abs().max().item() <= 1e-10 * max(1.0, ref.abs().max().item())
 
 
 def test_prepare_for_inference_returns_a_fused_srmodel() -> None:

@@ -10,8 +10,8 @@ Inference needs no autograd state, so everything runs under `torch.inference_mod
 parameters frozen and the module in eval mode. On top of that, per model, whatever measured
 fastest (numbers in docs/efficiency.md):
 
-- **Fused forms** (default on CPU for ABPN, BSRN, BSRN-S, E-RFDN, FMEN, FMEN-S, RLFN, RLFN-S
-  and the RLFN NTIRE entry): `slimsr.fused.fuse` builds a new module from the trained weights
+- **Fused forms** (default on CPU for ABPN, BSRN, BSRN-S, E-RFDN, FMEN, FMEN-S, RLFN, RLFN-S,
+  the RLFN NTIRE entry and SPAN's deploy forms): `slimsr.fused.fuse` builds a new module from the trained weights
   that computes the same function with fewer passes over memory: channels-last throughout,
   concatenations feeding a 1x1 conv replaced by running sums, chains of linear layers folded,
   residual identities folded into conv weights, activations in place or fused into oneDNN

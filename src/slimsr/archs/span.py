@@ -177,6 +177,8 @@ class SPAN(nn.Module):
         super().__init__()
         self.scale = scale
         self.deploy = deploy
+        # `slimsr.fused.span` is built from the deploy form: re-parameterise the train form first.
+        self.fusable = deploy
         self.hparams: dict[str, Any] = {"scale": scale, "feature_channels": feature_channels}
         self.register_buffer("mean", torch.tensor(DIV2K_MEAN).view(1, 3, 1, 1), persistent=False)
         self.conv_1 = _conv(3, feature_channels, deploy)

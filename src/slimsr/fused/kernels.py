@@ -32,7 +32,7 @@ class Act:
     """An activation that can run in place or as a oneDNN conv post-op."""
 
     def __init__(self, kind: str | None = None, slope: float = 0.0) -> None:
-        if kind not in (None, "gelu", "relu", "leaky_relu", "sigmoid"):
+        if kind not in (None, "gelu", "relu", "leaky_relu", "sigmoid", "silu"):
             raise ValueError(f"unsupported activation {kind!r}")
         self.kind, self.slope = kind, float(slope)
 
@@ -45,6 +45,8 @@ class Act:
             return cls("leaky_relu", module.negative_slope)
         if isinstance(module, nn.ReLU):
             return cls("relu")
+        if isinstance(module, nn.SiLU):
+            return cls("silu")
         raise ValueError(f"no fused form for activation {module!r}")
 
     def __call__(self, t: Tensor) -> Tensor:
@@ -57,6 +59,8 @@ class Act:
             return F.leaky_relu_(t, self.slope)
         if self.kind == "sigmoid":
             return t.sigmoid_()
+        if self.kind == "silu":
+            return F.silu(t, inplace=True)
         return t
 
     def post_op(self) -> tuple[str, list[float], str]:
@@ -65,6 +69,8 @@ class Act:
             return "none", [], ""
         if self.kind == "gelu":
             return "gelu", [], "none"  # "none": the exact erf form, not the tanh approximation
+        if self.kind == "silu":
+            return "swish", [], ""  # oneDNN's swish: x * sigmoid(x)
         return self.kind, [self.slope] if self.kind == "leaky_relu" else [], ""
 
     def __repr__(self) -> str:
