@@ -12,6 +12,11 @@ a dB are within the run-to-run spread (`--seeds 0,1` measures it).
     python benchmarks/ablation_runs.py --list                             # tables and rows
     python benchmarks/ablation_runs.py --latency --threads 1              # + each row's latency
 
+`--int8` (ABPN's table) also quantises every row's final weights to a full-integer TFLite file
+(post-training, 64 LR-like T91 crops, uint8 IO, as `scripts/ship_abpn.py`) and scores it on
+Set5 like the float: the paper's INT8 column. Rows whose graph does not quantise (the bilinear
+residual) are marked as such.
+
 `--latency` also times every row's inference form (as `slimsr upscale` / `slimsr profile` run
 it: the deploy form of FMEN's train-form rows, fused where the family has a fused form) on one
 LR input (`--latency-size`, default 256x256, ABPN 640x360 as its paper's 1080p output), rows of
@@ -137,7 +142,7 @@ TABLES: tuple[Table, ...] = (
             Row("bilinear", "abpn", {"residual": "bilinear"}),
             Row("feature (FSRL)", "abpn", {"residual": "feature"}),
         ),
-        2000,
+        15000,
     ),
 )
 
@@ -206,6 +211,33 @@ def run_row(table: Table, row: Row, iterations: int, seed: int, runs_dir: Path) 
     }
 
 
+def int8_psnr(rec: dict[str, Any], shared: Path) -> float | str:
+    """Set5 PSNR of the row's final weights quantised to INT8 TFLite (PTQ), same protocol as
+    its validation; a one-line reason where the graph has no INT8 form."""
+    import tempfile
+
+    import slimsr
+    from slimsr.data.folders import dataset_from_root
+    from slimsr.errors import SlimsrError
+    from slimsr.evaluate import evaluate_dataset
+    from slimsr.export.calibration import calibration_crops
+    from slimsr.export.runners import load_runner
+    from slimsr.export.tflite import export_tflite
+
+    model = slimsr.load(Path(rec["run_dir"]) / "weights" / "final.safetensors")
+    crops = calibration_crops(shared / "datasets" / "T91" / "HR", 64, 48, downscale=model.scale)
+    with tempfile.TemporaryDirectory(prefix="slimsr-ablation-int8-") as tmp:
+        path = Path(tmp) / "row.tflite"
+        try:
+            export_tflite(model, path, int8=True, calibration=crops, verify=False)
+        except SlimsrError as exc:
+            return f"no INT8 form: {str(exc).splitlines()[0][:80]}"
+        runner = load_runner(path, model.scale, tflite_io="uint8")
+        data = dataset_from_root(shared / "datasets" / "Set5", model.scale)
+        res = evaluate_dataset(runner, data, model.scale, protocol=rec["protocol"])
+    return round(res.mean("psnr"), 4)
+
+
 def deploy_name(model: str) -> str:
     """The inference form a train-form row deploys as (FMEN's RRRBs fold into plain convs)."""
     return model.removesuffix("_train")
@@ -268,19 +300,23 @@ def markdown(records: list[dict[str, Any]], budget: dict[str, Any]) -> str:
             continue
         its = sorted({r["iterations"] for r in recs})
         lines += [f"## {table.paper}", "", f"{', '.join(map(str, its))} iterations per row.", ""]
+        int8 = "int8_psnr" in recs[0]
         lat = recs[0].get("latency_input")
         head = f" latency ms ({lat} LR, {budget.get('latency_threads')} thread) |" if lat else ""
         lines += [
-            f"| row | params | Set5 PSNR (dB) | SSIM | seed | train seconds |{head}",
-            "|---|---|---|---|---|---|" + ("---|" if lat else ""),
+            f"| row | params | Set5 PSNR (dB) | SSIM |{' INT8 PTQ PSNR |' if int8 else ''}"
+            f" seed | train seconds |{head}",
+            "|---|---|---|---|---|---|" + ("---|" if lat else "") + ("---|" if int8 else ""),
         ]
         for r in recs:
             psnr = "-" if r["psnr"] is None else f"{r['psnr']:.3f}"
             ssim = "-" if r["ssim"] is None else f"{r['ssim']:.4f}"
             secs = "-" if r["seconds"] is None else f"{r['seconds']:.0f}"
             ms = f" {r['latency_ms']:.1f} |" if lat else ""
+            q = r.get("int8_psnr")
+            q_cell = (f" {q:.3f} |" if isinstance(q, float) else " n/a |") if int8 else ""
             lines.append(
-                f"| {r['row']} | {r['params']:,} | {psnr} | {ssim} | {r['seed']} | {secs} |{ms}"
+                f"| {r['row']} | {r['params']:,} | {psnr} | {ssim} |{q_cell} {r['seed']} | {secs} |{ms}"
             )
         lines.append("")
     return "\n".join(lines)
@@ -297,6 +333,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--list", action="store_true", help="print tables and rows, run nothing")
     parser.add_argument("--latency", action="store_true", help="also time each row's inference")
+    parser.add_argument("--int8", action="store_true", help="ABPN rows: also INT8 TFLite PSNR")
+    parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
     parser.add_argument(
         "--latency-size", default=None, help="LR HxW (default 256x256; ABPN 360x640)"
     )
@@ -332,6 +370,11 @@ def main(argv: list[str] | None = None) -> None:
                     f"{table.key} | {row.label} | seed {seed} | {rec['psnr']} dB | {rec['seconds']} s",
                     flush=True,
                 )
+        if args.int8 and table.key.startswith("abpn"):
+            for rec in records:
+                if rec["table"] == table.key:
+                    rec["int8_psnr"] = int8_psnr(rec, args.shared)
+                    print(f"{table.key} | {rec['row']} | INT8 {rec['int8_psnr']}", flush=True)
         if args.latency:
             size = args.latency_size or ("360x640" if table.key.startswith("abpn") else "256x256")
             hw = tuple(int(v) for v in size.lower().split("x"))
