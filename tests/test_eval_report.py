@@ -159,7 +159,15 @@ def test_single_model_results_are_unchanged_by_the_report(toy: Path, capsys) -> 
     assert run_here([*base, "-o", str(toy / "plain")], capsys)[0] == 0
     assert run_here([*base, "-o", str(toy / "rep"), "--report"], capsys)[0] == 0
     plain = json.loads((toy / "plain/results.json").read_text())
-    assert list(plain) == ["model", "scale", "protocol", "self_ensemble", "dtype", "datasets"]
+    assert list(plain) == [
+        "model",
+        "scale",
+        "protocol",
+        "self_ensemble",
+        "dtype",
+        "engine",
+        "datasets",
+    ]
     assert (toy / "rep/results.json").read_text() == (toy / "plain/results.json").read_text()
     assert (toy / "rep/results.csv").read_text() == (toy / "plain/results.csv").read_text()
     assert (toy / "rep/report.html").is_file() and not (toy / "plain/report.html").exists()
