@@ -117,7 +117,9 @@ def run_case(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--cases", default="abpn:3:360x640,rlfn:4:256x256,span_ntire:4:256x256,span:4:128x128"
+        "--cases",
+        default="abpn:3:360x640,rlfn:4:256x256,span_ntire:4:256x256,span:4:128x128,"
+        "smfanet:4:256x256",
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=2)

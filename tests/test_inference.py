@@ -50,6 +50,7 @@ def test_the_fused_models_are_the_expected_ones() -> None:
         "rlfn",
         "rlfn_ntire",
         "rlfn_s",
+        "smfanet",
         "span",
         "span_ntire",
     ]
@@ -128,6 +129,7 @@ def test_fused_form_leaves_the_network_alone_and_holds_no_state() -> None:
         ("rlfn_s", "rlfn_s_x2.pth"),
         ("rlfn_ntire", "rlfn_ntire_x4.pth"),
         ("abpn", "abpn_x3_float_keras.npz"),
+        ("smfanet", "smfanet_div2k_x4.pth"),
     ],
 )
 def test_fused_form_of_the_official_weights(name: str, filename: str) -> None:

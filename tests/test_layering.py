@@ -182,7 +182,7 @@ def test_every_fused_form_is_found_through_the_map() -> None:
     fused_families = {
         registry.get(name).family for name, net in nets.items() if type(net) in FUSED_FORMS
     }
-    assert fused_families == {"abpn", "bsrn", "fmen", "rfdn", "rlfn", "span"}
+    assert fused_families == {"abpn", "bsrn", "fmen", "rfdn", "rlfn", "smfanet", "span"}
     built = {type(net) for net in nets.values()}
     assert set(FUSED_FORMS) <= built  # no form registered for a class no variant builds
     for name in ("abpn", "bsrn_s", "e_rfdn", "fmen_s", "rlfn_ntire", "span_ntire"):
