@@ -64,3 +64,35 @@ def test_one_model_report_is_unchanged_and_bad_table_options_refused(tmp_path, c
         code, _out, err = run_here(argv, capsys)
         assert code == 2 and err.count("\n") == 1 and needle in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.json"]
+
+
+def test_table_of_ablation_variants(tmp_path: Path, capsys) -> None:
+    """`-m NAME:key=value,...` profiles a paper-ablation variant: its row is named by the switches
+    and counts the switched network (docs/ablations.md's latency columns as profile runs)."""
+    js = tmp_path / "v.json"
+    specs = ["bsrn", "bsrn:esa=false,cca=false", "bsrn:conv=dsconv,num_feat=48"]
+    argv = ["profile", *(a for s in specs for a in ("-m", s)), "-s", "4", "--input", "16x16"]
+    argv += ["--device", "cpu", "--no-runtime", "--no-memory", "--json", str(js)]
+    code, _out, err = run_here(argv, capsys)
+    assert code == 0, err
+    rows = json.loads(js.read_text())["rows"]
+    assert [r["model"] for r in rows] == specs
+    expected = [
+        slimsr.create_model("bsrn", 4).num_parameters(),
+        slimsr.create_model("bsrn", 4, esa=False, cca=False).num_parameters(),
+        slimsr.create_model("bsrn", 4, conv="dsconv", num_feat=48).num_parameters(),
+    ]
+    assert [r["params"] for r in rows] == expected and len(set(expected)) == 3
+
+
+@pytest.mark.parametrize(
+    ("spec", "needle"),
+    [
+        ("bsrn:esa", "key=value pairs"),
+        ("bsrn:foo=1", "unexpected keyword argument 'foo'"),
+        ("bsrn:esa=maybe", "is not one of"),
+    ],
+)
+def test_bad_variant_spec_is_one_line(spec: str, needle: str, capsys) -> None:
+    code, _out, err = run_here(["profile", "-m", spec, "-s", "4", "--no-runtime"], capsys)
+    assert code == 2 and err.count("\n") == 1 and needle in err, err

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -15,6 +16,7 @@ from slimsr.cli.app import Command, app
 from slimsr.cli.checks import resolve_device, resolve_dtype
 from slimsr.cli.loading import load_model
 from slimsr.errors import SlimsrError
+from slimsr.factory import create_model
 from slimsr.fileio import atomic_write_text
 from slimsr.model import SRModel
 from slimsr.profile.counting import CONVENTION_NOTES, CONVENTIONS
@@ -31,11 +33,36 @@ from slimsr.profile.table import (
 from slimsr.profile.timing import busy_cpu_warning
 
 
+def parse_model_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """`NAME` or `NAME:key=value,key=value`: a registered model with constructor switches (the
+    papers' ablations, `docs/ablations.md`), values read as YAML scalars (false, 48, relu)."""
+    name, _, options = spec.partition(":")
+    kwargs: dict[str, Any] = {}
+    for item in filter(None, options.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise SlimsrError(f"-m {spec}: options are key=value pairs separated by commas")
+        try:
+            kwargs[key.strip()] = yaml.safe_load(value.strip())
+        except yaml.YAMLError:
+            raise SlimsrError(f"-m {spec}: cannot read the value of {key.strip()!r}") from None
+    return name.strip(), kwargs
+
+
 def _resolve(model: str | None, scale: int | None, weights: Path | None) -> SRModel:
-    """`-m NAME` (weights optional: counts and timings do not need them) or `--weights FILE`."""
+    """`-m NAME[:key=value,...]` (weights optional: counts and timings do not need them) or
+    `--weights FILE`."""
     if model is None and weights is None:
         raise SlimsrError("give -m NAME (and --scale), or --weights FILE to detect the model")
-    net = load_model(model, scale, weights)
+    name, kwargs = parse_model_spec(model) if model is not None else (None, {})
+    if kwargs:
+        if weights is not None:
+            raise SlimsrError(f"-m {model}: switches build a new network; not with --weights")
+        try:
+            return create_model(name, scale, **kwargs)
+        except TypeError as exc:  # a keyword the architecture does not take
+            raise SlimsrError(f"-m {model}: {exc}") from None
+    net = load_model(name, scale, weights)
     assert isinstance(net, SRModel)  # no runtime files here
     return net
 
@@ -111,7 +138,8 @@ def profile_command(
         "-m",
         "--model",
         metavar="NAME",
-        help="Registered model name (repeatable: several give the --table).",
+        help="Registered model name, optionally with switches: bsrn:esa=false,act=relu "
+        "(repeatable: several give the --table).",
     ),
     scale: int = typer.Option(None, "-s", "--scale", help="Upscaling factor."),
     weights: Path = typer.Option(
@@ -220,6 +248,9 @@ def profile_command(
         )
         for net in nets
     ]
+    for spec, report in zip(model if table else model[:1], reports, strict=False):
+        if ":" in spec:  # a switched variant: its row names the switches
+            report.model = spec
     console = Console(markup=False, highlight=False, width=150)
     if table:
         rows = [efficiency_row(r, flops) for r in reports]
