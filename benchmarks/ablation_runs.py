@@ -260,18 +260,13 @@ def latencies(table: Table, size: tuple[int, int], threads: int, repeats: int) -
         fast = prepare_for_inference(model, "cpu", torch.float32, None, False)
         x = torch.rand(1, 3, *size).contiguous(memory_format=inference_config(fast).memory_format)
         calls[row.label] = (fast, x)
-    times: dict[str, list[float]] = {k: [] for k in calls}
-    names = list(calls)
+    from bench_int8 import measure  # round-robin timing, shared by the benchmarks
+
+    def runner(fast: Any, x: Any) -> Any:
+        return lambda: fast(x)
+
     with torch.inference_mode():
-        for _ in range(2):  # warm-up: packed weights, allocator
-            for fast, x in calls.values():
-                fast(x)
-        for r in range(repeats):
-            for k in names[r % len(names) :] + names[: r % len(names)]:
-                fast, x = calls[k]
-                t0 = time.perf_counter()
-                fast(x)
-                times[k].append((time.perf_counter() - t0) * 1000)
+        times = measure({k: runner(*v) for k, v in calls.items()}, warmup=2, repeats=repeats)
     return {k: round(statistics.median(v), 2) for k, v in times.items()}
 
 

@@ -23,7 +23,6 @@ import argparse
 import json
 import platform
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from bench_int8 import measure  # round-robin timing, shared by the benchmarks
 from rich.console import Console
 from rich.table import Table
 
@@ -247,22 +247,6 @@ def calls_for(node: MetaNode, threads: int, tflite: bool) -> dict[str, Callable[
 
         calls[key] = run
     return calls
-
-
-def measure(
-    calls: dict[str, Callable[[], Any]], warmup: int, repeats: int
-) -> dict[str, list[float]]:
-    for call in calls.values():
-        for _ in range(warmup):
-            call()
-    names = list(calls)
-    times: dict[str, list[float]] = {k: [] for k in names}
-    for r in range(repeats):
-        for k in names[r % len(names) :] + names[: r % len(names)]:  # rotate the order
-            t0 = time.perf_counter()
-            calls[k]()
-            times[k].append((time.perf_counter() - t0) * 1000)
-    return times
 
 
 def main(argv: list[str] | None = None) -> None:

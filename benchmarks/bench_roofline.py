@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from bench_int8 import measure  # round-robin timing, shared by the benchmarks
 from rich.console import Console
 from rich.table import Table
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -158,16 +159,11 @@ def engines(
     return calls, skipped
 
 
-def measure(calls: dict[str, Callable[[], Any]], warmup: int, repeats: int) -> dict[str, float]:
-    for call in calls.values():
-        for _ in range(warmup):
-            call()
-    names = list(calls)
-    times: dict[str, list[float]] = {k: [] for k in names}
-    for r in range(repeats):
-        for k in names[r % len(names) :] + names[: r % len(names)]:
-            times[k].append(_seconds(calls[k]) * 1000)
-    return {k: statistics.median(v) for k, v in times.items()}
+def measure_medians(
+    calls: dict[str, Callable[[], Any]], warmup: int, repeats: int
+) -> dict[str, float]:
+    """Median ms per engine, timed round-robin (`bench_int8.measure`)."""
+    return {k: statistics.median(v) for k, v in measure(calls, warmup, repeats).items()}
 
 
 def bench_model(
@@ -183,7 +179,7 @@ def bench_model(
     moved = traffic_bytes(model.net, xin)
     with tempfile.TemporaryDirectory(prefix="slimsr-roofline-") as tmp:
         calls, skipped = engines(model, x01, Path(tmp), threads, crops)
-        ms = measure(calls, args.warmup, args.repeats)
+        ms = measure_medians(calls, args.warmup, args.repeats)
     row: dict[str, Any] = {
         "model": name,
         "scale": scale,
