@@ -11,7 +11,7 @@ module is never trained and never saved (empty state_dict).
 
 - `kernels`: the oneDNN calls, the packed-weight cache, `Act`;
 - `modules`: fused modules shared by families (`FusedConv`, `FusedESA`, `FusedDistillation`);
-- one file per family with a fused form (`abpn`, `bsrn`, `fmen`, `rfdn`, `rlfn`,
+- one file per family with a fused form (`abpn`, `bsrn`, `edsr`, `fmen`, `rfdn`, `rlfn`,
   `smfanet`, `span`),
   each registering its builder in `FUSED_FORMS` with `@fused_form(NetworkClass)`. Importing
   this package imports them all, so the map is complete whenever `fuse` can be called.
@@ -19,13 +19,14 @@ module is never trained and never saved (empty state_dict).
 Imports point one way: this package reads `slimsr.archs`; the networks know nothing of it.
 """
 
-from slimsr.fused import abpn, bsrn, fmen, rfdn, rlfn, smfanet, span
+from slimsr.fused import abpn, bsrn, edsr, fmen, rfdn, rlfn, smfanet, span
 from slimsr.fused.forms import FUSED_FORMS, fuse, fused_form, has_fused_form
 
 __all__ = [
     "FUSED_FORMS",
     "abpn",
     "bsrn",
+    "edsr",
     "fmen",
     "fuse",
     "fused_form",
