@@ -56,6 +56,9 @@ def test_the_fused_models_are_the_expected_ones() -> None:
         "smfanet",
         "span",
         "span_ntire",
+        "swinir_m",
+        "swinir_s",
+        "swinirmini",
     ]
 
 
@@ -123,6 +126,34 @@ def test_fused_edsr_banded_tail_is_exact(scale: int, monkeypatch: pytest.MonkeyP
             ref, out = net(x), fused(x)
         assert out.shape == ref.shape and out.is_contiguous()
         assert (out - ref).abs().max().item() <= 1e-9 * max(1.0, ref.abs().max().item())
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"resi_connection": "3conv"},
+        {"upsampler": "nearest+conv", "num_feat": 16},
+        {"upsampler": "pixelshuffle", "num_feat": 16},
+        {"patch_norm": False},
+    ],
+)
+def test_fused_swinir_variants_and_window_layouts(kwargs: dict) -> None:
+    """Every upsampler and residual connection, a batch of two, and sizes where the shifted
+    windows are all border windows (one window), all but one, or a single row of them: the
+    fused form groups windows by their shift mask, which these layouts exercise."""
+    scale = 2
+    net = build_network("swinir_s", scale, **kwargs).eval().double()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    fused = fuse(net)
+    for b, h, w in ((2, 16, 16), (1, 5, 7), (1, 8, 33), (1, 19, 27)):
+        x = torch.rand(b, 3, h, w, dtype=torch.float64)
+        with torch.inference_mode():
+            ref, out = net(x), fused(x)
+        assert out.shape == ref.shape == (b, 3, h * scale, w * scale)
+        assert (out - ref).abs().max().item() <= 1e-10, (kwargs, b, h, w)
 
 
 def test_fused_form_leaves_the_network_alone_and_holds_no_state() -> None:
@@ -199,10 +230,10 @@ def test_prepare_for_inference_switches() -> None:
     assert not inference_config(plain).fused and not inference_config(plain).channels_last
     raw = prepare_for_inference(build_network("bsrn", 2), "cpu")  # a raw network: raw result
     assert isinstance(raw, FusedModule) and inference_config(raw).fused
-    swin = prepare_for_inference(slimsr.create_model("swinirmini", 2), "cpu")  # no fused form
-    assert not inference_config(swin).fused
+    safmn = prepare_for_inference(slimsr.create_model("safmn", 2), "cpu")  # no fused form
+    assert not inference_config(safmn).fused
     with pytest.raises(SlimsrError, match="no fused inference form"):
-        prepare_for_inference(slimsr.create_model("swinirmini", 2), "cpu", fuse=True)
+        prepare_for_inference(slimsr.create_model("safmn", 2), "cpu", fuse=True)
     assert default_fuse(build_network("bsrn", 2), "cpu")
     assert not default_fuse(build_network("bsrn", 2), "cuda")  # not measured on GPUs
     assert not default_fuse(build_network("fmen_s_train", 2), "cpu")  # re-parameterise first

@@ -182,12 +182,22 @@ def test_every_fused_form_is_found_through_the_map() -> None:
     fused_families = {
         registry.get(name).family for name, net in nets.items() if type(net) in FUSED_FORMS
     }
-    assert fused_families == {"abpn", "bsrn", "fmen", "rfdn", "rlfn", "smfanet", "span"}
+    assert fused_families == {
+        "abpn",
+        "bsrn",
+        "edsr",
+        "fmen",
+        "rfdn",
+        "rlfn",
+        "smfanet",
+        "span",
+        "swinir",
+    }
     built = {type(net) for net in nets.values()}
     assert set(FUSED_FORMS) <= built  # no form registered for a class no variant builds
-    for name in ("abpn", "bsrn_s", "e_rfdn", "fmen_s", "rlfn_ntire", "span_ntire"):
+    for name in ("abpn", "bsrn_s", "e_rfdn", "edsrmini", "fmen_s", "rlfn_ntire", "span_ntire"):
         assert isinstance(fuse(build_network(name, 2, **_small(name))), FusedModule), name
-    assert fuse(build_network("edsrmini", 2)) is None
+    assert fuse(build_network("safmn", 2)) is None  # no fused form
     assert fuse(build_network("fmen_s_train", 2)) is None  # re-parameterise first
     assert fuse(build_network("span_ntire_train", 2)) is None  # the same
 
