@@ -96,7 +96,19 @@ def engines(
     return calls
 
 
-def measure(calls: dict[str, Callable[[], Any]], warmup: int, repeats: int) -> dict[str, list]:
+SETTLE_S = 0.05
+"""Idle time before each timed call. Thread pools keep spinning after a call returns (ONNX
+Runtime's intra-op workers, OpenMP's): on 2 cores, a PyTorch forward right after an ONNX
+Runtime run measured 49.5 ms against 21.0 alone (ABPN x3, 256x256, 2 threads), 35.1 ms after a
+10 ms pause and 19.7 after 50 ms. A deployment runs one engine, so each call is timed on
+settled cores."""
+
+
+def measure(
+    calls: dict[str, Callable[[], Any]], warmup: int, repeats: int, settle: float = SETTLE_S
+) -> dict[str, list]:
+    """Per engine, `repeats` times in ms, round-robin in a rotating order (load drift hits all
+    engines alike), each call after `settle` seconds idle (see `SETTLE_S`)."""
     for call in calls.values():
         for _ in range(warmup):
             call()
@@ -104,6 +116,7 @@ def measure(calls: dict[str, Callable[[], Any]], warmup: int, repeats: int) -> d
     names = list(calls)
     for r in range(repeats):
         for k in names[r % len(names) :] + names[: r % len(names)]:  # rotate the order
+            time.sleep(settle)
             t0 = time.perf_counter()
             calls[k]()
             times[k].append((time.perf_counter() - t0) * 1000)

@@ -55,7 +55,7 @@ from slimsr.registry import get_model_info
 
 DEFAULT_MODELS = (
     "fmen_s:4,e_rfdn:4,bsrn_s:4,bsrn:4,rlfn:4,rlfn_s:4,smfanet:4,safmn:4,"
-    "edsrmini:4,span_ntire:4,abpn:3"
+    "edsrmini:4,span_ntire:4,abpn:3,swinirmini:4,swinir_s:4"
 )
 
 

@@ -189,6 +189,7 @@ def test_every_fused_form_is_found_through_the_map() -> None:
         "fmen",
         "rfdn",
         "rlfn",
+        "safmn",
         "smfanet",
         "span",
         "swinir",
@@ -197,7 +198,6 @@ def test_every_fused_form_is_found_through_the_map() -> None:
     assert set(FUSED_FORMS) <= built  # no form registered for a class no variant builds
     for name in ("abpn", "bsrn_s", "e_rfdn", "edsrmini", "fmen_s", "rlfn_ntire", "span_ntire"):
         assert isinstance(fuse(build_network(name, 2, **_small(name))), FusedModule), name
-    assert fuse(build_network("safmn", 2)) is None  # no fused form
     assert fuse(build_network("fmen_s_train", 2)) is None  # re-parameterise first
     assert fuse(build_network("span_ntire_train", 2)) is None  # the same
 

@@ -12,14 +12,14 @@ module is never trained and never saved (empty state_dict).
 - `kernels`: the oneDNN calls, the packed-weight cache, `Act`;
 - `modules`: fused modules shared by families (`FusedConv`, `FusedESA`, `FusedDistillation`);
 - one file per family with a fused form (`abpn`, `bsrn`, `edsr`, `fmen`, `rfdn`, `rlfn`,
-  `smfanet`, `span`, `swinir`),
+  `safmn`, `smfanet`, `span`, `swinir`),
   each registering its builder in `FUSED_FORMS` with `@fused_form(NetworkClass)`. Importing
   this package imports them all, so the map is complete whenever `fuse` can be called.
 
 Imports point one way: this package reads `slimsr.archs`; the networks know nothing of it.
 """
 
-from slimsr.fused import abpn, bsrn, edsr, fmen, rfdn, rlfn, smfanet, span, swinir
+from slimsr.fused import abpn, bsrn, edsr, fmen, rfdn, rlfn, safmn, smfanet, span, swinir
 from slimsr.fused.forms import FUSED_FORMS, fuse, fused_form, has_fused_form
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "has_fused_form",
     "rfdn",
     "rlfn",
+    "safmn",
     "smfanet",
     "span",
     "swinir",
