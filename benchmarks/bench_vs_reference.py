@@ -17,6 +17,12 @@ size), and slimsr's outputs must agree with the official ones within 1/255 of th
 each is also compared with a float64 run, which shows whose float32 rounding is larger (on
 noise inputs these networks amplify rounding a lot: outputs far outside [0,1]).
 
+Roofline: per thread count, the peaks of this machine measured in the same run (the best large
+fp32 GEMM, the best large copy; `bench_roofline.gemm_peak` / `copy_peak`); per model its FLOPs
+(2 x MACs, `slimsr.profile.complexity`), the bytes an op-by-op execution moves
+(`bench_roofline.traffic_bytes`), the compute floor (FLOPs at the GEMM peak: no engine built
+on these kernels goes below it) and each engine's achieved GFLOP/s.
+
 Latency on CPU (threads fixed, warm-up excluded, runs interleaved so that load drift hits all
 alike, median) of: the official module as published, the same module switched to channels_last,
 slimsr's plain network in its family's default layout (`fuse=False`), and slimsr's default fast
@@ -46,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from bench_roofline import copy_peak, gemm_peak, traffic_bytes  # peaks and op-by-op bytes
 from rich.console import Console
 from rich.table import Table
 from torch import nn
@@ -54,7 +61,13 @@ import slimsr
 from slimsr.fileio import atomic_write_text
 from slimsr.imaging import imresize, read_image
 from slimsr.inference_form import inference_config, prepare_for_inference, run_inference
-from slimsr.profile import cpu_threads, forward_peak_rss, memory_from_rss, rss_child_env
+from slimsr.profile import (
+    complexity,
+    cpu_threads,
+    forward_peak_rss,
+    memory_from_rss,
+    rss_child_env,
+)
 
 SCALE = 4
 WEIGHTS = {
@@ -308,10 +321,13 @@ def compare(args: argparse.Namespace, ref: Reference, name: str) -> list[dict[st
         "slimsr_plain": (plain, x.contiguous(memory_format=inference_config(plain).memory_format)),
         "slimsr": (fast, x.contiguous(memory_format=inference_config(fast).memory_format)),
     }
+    flops = 2 * complexity(ours.net, (args.size, args.size)).flops["macs"]
     common: dict[str, Any] = {
         "model": name,
         "scale": SCALE,
         "input": [args.size, args.size],
+        "gflop": flops / 1e9,
+        "gbytes_op_by_op": traffic_bytes(ours.net, x) / 1e9,
         "weights": source,
         "official_source": ref.sources[name],
         "max_abs_diff": diff,
@@ -332,10 +348,15 @@ def compare(args: argparse.Namespace, ref: Reference, name: str) -> list[dict[st
     for threads in args.thread_counts:
         times = interleaved_times(runs, threads, args.warmup, args.repeats)
         med = {k: statistics.median(v) for k, v in times.items()}
+        peaks = args.peaks[threads]
         rows.append(
             {
                 **common,
                 "threads": threads,
+                "peaks": peaks,
+                "gflops": {k: round(flops / t / 1e6, 1) for k, t in med.items()},
+                # the roofline's compute floor: the network's FLOPs at this machine's GEMM rate
+                "compute_floor_ms": flops / peaks["gemm_gflops"] / 1e6,
                 "times_ms": times,
                 "median_ms": med,
                 "iqr_ms": {k: _iqr(v) for k, v in times.items()},
@@ -356,9 +377,16 @@ def _iqr(values: list[float]) -> float:
 
 
 def table(rows: list[dict[str, Any]], threads: int) -> Table:
-    t = Table(title=f"slimsr vs official, x{SCALE}, CPU {threads} threads, fp32 (median ms)")
+    peaks = rows[0]["peaks"] if rows else {}
+    t = Table(
+        title=f"slimsr vs official, x{SCALE}, CPU {threads} threads, fp32 (median ms); peaks "
+        f"GEMM {peaks.get('gemm_gflops', 0):.0f} GFLOP/s, copy {peaks.get('copy_gbs', 0):.1f} "
+        "GB/s (measured in this run)"
+    )
     cols = (
         "model",
+        "GFLOP",
+        "floor ms",
         "max|diff|",
         "agree",
         "official",
@@ -368,6 +396,8 @@ def table(rows: list[dict[str, Any]], threads: int) -> Table:
         "ratio plain",
         "ratio",
         "ratio vs CL",
+        "GFLOP/s official",
+        "GFLOP/s slimsr (% peak)",
         "mem official",
         "mem plain",
         "mem slimsr",
@@ -378,8 +408,11 @@ def table(rows: list[dict[str, Any]], threads: int) -> Table:
     for row in rows:
         med, mem = row["median_ms"], row.get("memory")
         mb = {w: f"{m['peak_increase_bytes'] / 2**20:.1f} MB" for w, m in (mem or {}).items()}
+        rate, peak = row["gflops"], row["peaks"]["gemm_gflops"]
         t.add_row(
             row["model"],
+            f"{row['gflop']:.1f}",
+            f"{row['compute_floor_ms']:.0f}",
             f"{row['max_abs_diff']:.2e}",
             "yes" if row["outputs_agree"] else "NO",
             f"{med['official']:.1f}",
@@ -389,6 +422,8 @@ def table(rows: list[dict[str, Any]], threads: int) -> Table:
             f"{row['latency_ratio_plain']:.2f}x",
             f"{row['latency_ratio']:.2f}x",
             f"{row['latency_ratio_vs_official_channels_last']:.2f}x",
+            f"{rate['official']:.0f}",
+            f"{rate['slimsr']:.0f} ({100 * rate['slimsr'] / peak:.0f}%)",
             mb.get("official", "-"),
             mb.get("slimsr_plain", "-"),
             mb.get("slimsr", "-"),
@@ -424,7 +459,14 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [n for n in names if n not in WEIGHTS]
     if unknown:
         raise SystemExit(f"unknown model(s) {unknown}; choose from {', '.join(WEIGHTS)}")
-    console = Console(highlight=False, width=220)
+    console = Console(highlight=False, width=260)
+    args.peaks = {}
+    for threads in args.thread_counts:  # the machine's roofline, measured in this run
+        with cpu_threads(threads):
+            args.peaks[threads] = {
+                "gemm_gflops": round(gemm_peak(), 1),
+                "copy_gbs": round(copy_peak(), 1),
+            }
     rows = []
     for name in names:
         if name not in ref.builders:
@@ -434,7 +476,13 @@ def main(argv: list[str] | None = None) -> None:
             rows += compare(args, ref, name)
     for threads in args.thread_counts:
         console.print(table([r for r in rows if r["threads"] == threads], threads))
-    report = {"torch": torch.__version__, "threads": args.thread_counts, "rows": rows}
+    report = {
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": args.thread_counts,
+        "peaks": args.peaks,
+        "rows": rows,
+    }
     atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
     console.print(f"wrote {args.json}")
 
