@@ -160,6 +160,22 @@ def test_fused_swinir_variants_and_window_layouts(kwargs: dict) -> None:
         assert (out - ref).abs().max().item() <= 1e-10, (kwargs, b, h, w)
 
 
+def test_fused_swinir_in_chunks_of_one_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attention and MLP run in chunks of windows / tokens: with one window per chunk (and a
+    batch of two, so chunks cut across images' token runs) the result must not change."""
+    from slimsr.fused.swinir import FusedSwinBlock
+
+    net = _perturbed("swinirmini", 2, torch.float64)
+    fused = fuse(net)
+    x = torch.rand(2, 3, 24, 19, dtype=torch.float64)
+    with torch.inference_mode():
+        whole = fused(x)
+        monkeypatch.setattr(FusedSwinBlock, "CHUNK_BYTES", 1)
+        chunked, ref = fused(x), net(x)
+    assert (chunked - ref).abs().max().item() <= 1e-10
+    assert (chunked - whole).abs().max().item() <= 1e-12
+
+
 def test_fused_form_leaves_the_network_alone_and_holds_no_state() -> None:
     net = _perturbed("bsrn_s", 4, torch.float32)
     before = {k: v.clone() for k, v in net.state_dict().items()}

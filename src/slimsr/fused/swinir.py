@@ -123,26 +123,42 @@ class FusedSwinBlock(FusedModule):
         self.buffer("fc2_weight", block.mlp.fc2.weight)
         self.buffer("fc2_bias", block.mlp.fc2.bias)
 
+    CHUNK_BYTES = 8 << 20
+    """Largest intermediate (qkv, or the MLP's hidden layer) of one chunk of windows or tokens.
+    Whole, they grow with the image (qkv of SwinIR-S at 256x256: 47 MB, past glibc's 32 MB mmap
+    ceiling, so page-faulted afresh in every block); in chunks they stay small and cached."""
+
     def forward(self, x: Tensor, layout: WindowLayout) -> Tensor:
         """x: tokens (B, H*W, C), contiguous; updated in place and returned."""
-        b, _, c = x.shape
+        b, tokens_n, c = x.shape
         n = self.window * self.window
-        heads, d = self.heads, c // self.heads
-        tokens = self.norm1(x).index_select(1, layout.order)  # (B, nW * n, C), window order
-        qkv = F.linear(tokens, self.qkv_weight, self.qkv_bias)
-        windows = tokens.shape[1] // n
-        qkv = qkv.view(b, windows, n, 3, heads, d).permute(3, 0, 1, 4, 2, 5)  # (3,B,nW,h,n,d)
-        out = torch.empty((b, windows, heads, n, d), dtype=x.dtype, device=x.device)
+        per_token = max(3 * c, self.fc1_weight.shape[0]) * x.element_size() * b
+        chunk_tokens = max(n, self.CHUNK_BYTES // per_token)
+        normed = self.norm1(x)
         for lo, hi, mask in layout.groups:
-            q, k, v = (t[:, lo:hi].reshape(b * (hi - lo), heads, n, d) for t in qkv.unbind(0))
             bias = self.bias if mask is None else self.bias + mask
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
-            out[:, lo:hi] = y.view(b, hi - lo, heads, n, d)
-        attended = out.transpose(2, 3).reshape(b, windows * n, c)
-        y = F.linear(attended, self.proj_weight, self.proj_bias)
-        x.index_add_(1, layout.order, y)  # back to image order, shift undone, residual added
-        hidden = F.gelu(F.linear(self.norm2(x), self.fc1_weight, self.fc1_bias))
-        return x.add_(F.linear(hidden, self.fc2_weight, self.fc2_bias))
+            step = max(1, chunk_tokens // n)
+            for w0 in range(lo, hi, step):
+                order = layout.order[w0 * n : min(hi, w0 + step) * n]
+                x.index_add_(1, order, self._attention(normed.index_select(1, order), bias))
+        del normed
+        for t0 in range(0, tokens_n, chunk_tokens):
+            part = x[:, t0 : t0 + chunk_tokens]
+            hidden = F.gelu(F.linear(self.norm2(part), self.fc1_weight, self.fc1_bias))
+            part.add_(F.linear(hidden, self.fc2_weight, self.fc2_bias))
+        return x
+
+    def _attention(self, tokens: Tensor, bias: Tensor) -> Tensor:
+        """proj(attention) of whole windows of tokens (B, windows * n, C), all with `bias`."""
+        b, m, c = tokens.shape
+        n = self.window * self.window
+        heads, d, windows = self.heads, c // self.heads, m // n
+        qkv = F.linear(tokens, self.qkv_weight, self.qkv_bias)
+        qkv = qkv.view(b * windows, n, 3, heads, d).permute(2, 0, 3, 1, 4)  # (3, bW, h, n, d)
+        q, k, v = qkv.unbind(0)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
+        attended = y.transpose(1, 2).reshape(b, m, c)
+        return F.linear(attended, self.proj_weight, self.proj_bias)
 
 
 class FusedResiConv(FusedModule):
