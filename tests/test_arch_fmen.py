@@ -142,3 +142,22 @@ def test_train_mode_forward_and_backward() -> None:
     assert net.HFABs[0].bn1.weight.grad is not None
     assert int(net.HFABs[0].bn1.num_batches_tracked) == 1
     assert not torch.equal(net.HFABs[0].bn1.running_mean, torch.zeros(16))
+
+
+@pytest.mark.parametrize("fmt", [torch.channels_last, torch.contiguous_format])
+def test_pad_with_is_exact_keeps_the_layout_and_backpropagates(fmt: torch.memory_format) -> None:
+    """The per-channel border of the train-time graph: exactly x inside and value on the
+    one-pixel ring, in x's memory format (so the conv after it does not reorder), with the
+    gradients of a slice and a border sum."""
+    from slimsr.archs.fmen import pad_with
+
+    x = torch.randn(2, 5, 7, 9, dtype=torch.float64).contiguous(memory_format=fmt)
+    value = torch.randn(5, dtype=torch.float64)
+    out = pad_with(x, value)
+    ref = value.view(1, 5, 1, 1).expand(2, 5, 9, 11).clone()
+    ref[:, :, 1:-1, 1:-1] = x
+    assert torch.equal(out, ref)
+    assert out.is_contiguous(memory_format=fmt)
+    x.requires_grad_(True)
+    value.requires_grad_(True)
+    assert torch.autograd.gradcheck(pad_with, (x, value))
