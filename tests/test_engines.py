@@ -411,3 +411,12 @@ def test_shipped_abpn_is_named_without_weights(tmp_path, image, capsys) -> None:
     assert pixels.shape == (60, 72, 3) and line == "engine: torch (--engine)"
     err = refused(capsys, "upscale", str(image), "-o", str(tmp_path / "p"), "-m", "abpn", "-s", "4")
     assert "needs --weights" in err and "abpn x3" in err
+
+
+def test_the_cache_key_says_which_pytorch_form_was_measured() -> None:
+    """A model that gains a fused form must be measured again, not kept on the engine its
+    plain graph lost to: the key records the form PyTorch runs."""
+    fused_key, fused = cache_key(slimsr.create_model("fmen_s", 4), 1, torch.float32)
+    plain_key, plain = cache_key(slimsr.create_model("fmen_s_train", 4), 1, torch.float32)
+    assert fused["torch_form"] == "fused" and plain["torch_form"] == "plain"
+    assert fused_key != plain_key

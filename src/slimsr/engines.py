@@ -142,8 +142,12 @@ def _version(package: str) -> str | None:
 
 
 def cache_key(model: SRModel, threads: int, dtype: torch.dtype) -> tuple[str, dict[str, Any]]:
-    """(key, what it is made of): the model, the machine and the thread count."""
+    """(key, what it is made of): the model, the machine and the thread count. Also whether
+    PyTorch would run the model's fused form, so that a model which gains one (the version
+    number does not move with every commit) is measured again rather than kept on the engine
+    its plain graph lost to."""
     from slimsr import __version__
+    from slimsr.fused import has_fused_form
 
     identity = {
         "arch": model.info.name,
@@ -155,6 +159,7 @@ def cache_key(model: SRModel, threads: int, dtype: torch.dtype) -> tuple[str, di
         "torch": torch.__version__,
         "onnxruntime": _version("onnxruntime"),
         "slimsr": __version__,
+        "torch_form": "fused" if has_fused_form(model.net) else "plain",
         "threads": int(threads),
     }
     text = json.dumps(identity, sort_keys=True, default=str)
