@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from slimsr.archs.blocks import ESA, BSConvU, DistillationBlock
 from slimsr.archs.rlfn import LiteESA
+from slimsr.archs.safmn import ChannelLayerNorm
 from slimsr.fused.kernels import (
     NO_ACT,
     Act,
@@ -63,6 +64,25 @@ class FusedModule(nn.Module):
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         raise RuntimeError("a fused inference module holds no trainable state: load the plain net")
+
+
+class FusedLayerNorm(FusedModule):
+    """LayerNorm over the last axis (`nn.LayerNorm` of tokens), or over the channels of a
+    channels-last map (SAFMN's `ChannelLayerNorm`, whose channels are the last axis of the NHWC
+    memory): one `F.layer_norm` kernel either way."""
+
+    def __init__(self, norm: nn.LayerNorm | ChannelLayerNorm) -> None:
+        super().__init__()
+        self.buffer("weight", norm.weight)
+        self.buffer("bias", norm.bias)
+        self.eps = norm.eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+
+    def channels(self, x: Tensor) -> Tensor:
+        """The norm over the channels of a channels-last (N, C, H, W) map; channels-last out."""
+        return self(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 class FusedConv(FusedModule):

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from slimsr.archs.blocks import ChannelsLastPixelShuffle, nearest_resize, pool_to_fraction
-from slimsr.archs.safmn import N_LEVELS, SAFM, SAFMN, AttBlock, ChannelLayerNorm
+from slimsr.archs.safmn import N_LEVELS, SAFM, SAFMN, AttBlock
 from slimsr.fused.forms import fused_form
 from slimsr.fused.kernels import (
     Act,
@@ -37,23 +37,9 @@ from slimsr.fused.kernels import (
     fused_conv_add,
     linear_of,
 )
-from slimsr.fused.modules import FusedConv, FusedModule
+from slimsr.fused.modules import FusedConv, FusedLayerNorm, FusedModule
 
 _GELU = Act("gelu")
-
-
-class FusedChannelNorm(FusedModule):
-    def __init__(self, norm: ChannelLayerNorm) -> None:
-        super().__init__()
-        self.buffer("weight", norm.weight)
-        self.buffer("bias", norm.bias)
-        self.eps = norm.eps
-
-    def forward(self, x: Tensor) -> Tensor:
-        """x channels-last (N, C, H, W); the result is too."""
-        c = x.shape[1]
-        y = F.layer_norm(x.permute(0, 2, 3, 1), (c,), self.weight, self.bias, self.eps)
-        return y.permute(0, 3, 1, 2)
 
 
 class FusedSAFM(FusedModule):
@@ -74,10 +60,8 @@ class FusedSAFM(FusedModule):
         bias = b.clone()
         if dw0.bias is not None:
             bias += w0 @ dw0.bias.detach().double()
-        if safm.aggr.bias is None and dw0.bias is None:
-            self.level0_bias = None
-        else:
-            self.buffer("level0_bias", bias.to(ref.dtype))
+        no_bias = safm.aggr.bias is None and dw0.bias is None
+        self.buffer("level0_bias", None if no_bias else bias.to(ref.dtype))
         self.mfr = nn.ModuleList(FusedConv(m) for m in safm.mfr[1:])
         for i in range(1, N_LEVELS):
             share = w[:, i * chunk : (i + 1) * chunk]
@@ -97,30 +81,17 @@ class FusedSAFM(FusedModule):
         if nested:  # coarse to fine, each step an exact nearest x2 (the divisors double)
             acc = shares[-1]
             for share in reversed(shares[:-1]):
-                acc = share.add_(_up2(acc))
+                acc = share.add_(_up_to(acc, *share.shape[-2:], 2))
             coarse = _up_to(acc, h, w, divisors[0])
         else:
             coarse = channels_last(nearest_resize(shares[0], h, w))
             for share in shares[1:]:
                 coarse.add_(nearest_resize(share, h, w))
         level0 = channels_last(x[:, :chunk])
-        out = _conv_add(level0, self.level0_weight, self.level0_bias, coarse)
+        out = fused_conv_add(
+            level0, self.level0_weight, self.level0_bias, coarse, padding=1, into_other=True
+        )
         return _GELU(out)
-
-
-def _conv_add(x: Tensor, weight: Tensor, bias: Tensor | None, other: Tensor) -> Tensor:
-    """conv3x3(x) + other, into `other` (a fresh tensor of the caller's)."""
-    return fused_conv_add(x, weight, bias, other, padding=1, into_other=True)
-
-
-def _up2(x: Tensor) -> Tensor:
-    """Nearest x2 of a channels-last map, channels-last (exact: each pixel copied 2x2)."""
-    n, c, h, w = x.shape
-    out = torch.empty((n, c, 2 * h, 2 * w), dtype=x.dtype, device=x.device)
-    out = channels_last(out)
-    rows = out.permute(0, 2, 3, 1).view(n, h, 2, w, 2, c)
-    rows.copy_(x.permute(0, 2, 3, 1)[:, :, None, :, None, :].expand(n, h, 2, w, 2, c))
-    return out
 
 
 def _up_to(x: Tensor, h: int, w: int, factor: int) -> Tensor:
@@ -139,17 +110,17 @@ class FusedAttBlock(FusedModule):
         super().__init__()
         self.ntire = block.ntire
         if not block.ntire:
-            self.norm1, self.norm2 = FusedChannelNorm(block.norm1), FusedChannelNorm(block.norm2)
+            self.norm1, self.norm2 = FusedLayerNorm(block.norm1), FusedLayerNorm(block.norm2)
         self.safm = FusedSAFM(block.safm)
         self.expand = FusedConv(block.ccm.ccm[0])
         self.squeeze = FusedConv(block.ccm.ccm[2])
 
     def forward(self, x: Tensor, overwrite: bool) -> Tensor:
-        xn = x if self.ntire else self.norm1(x)
+        xn = x if self.ntire else self.norm1.channels(x)
         gate = self.safm(xn)
         x = x.addcmul_(gate, xn) if overwrite else torch.addcmul(x, gate, xn, out=gate)
         del gate
-        xn = x if self.ntire else self.norm2(x)
+        xn = x if self.ntire else self.norm2.channels(x)
         return self.squeeze.add(self.expand(xn, _GELU), x, overwrite=True)
 
 

@@ -34,22 +34,11 @@ from slimsr.archs.blocks import ChannelsLastPixelShuffle, pad_to_multiple
 from slimsr.archs.swinir import MASK_VALUE, SwinIR, SwinTransformerBlock
 from slimsr.fused.forms import fused_form
 from slimsr.fused.kernels import Act, channels_last
-from slimsr.fused.modules import FusedConv, FusedModule
+from slimsr.fused.modules import FusedConv, FusedLayerNorm, FusedModule
 
 _LEAKY = Act("leaky_relu", 0.2)
 _LAYOUT_CACHE = 4
 """Window layouts (token orders) kept per network, by feature-map size."""
-
-
-class FusedLayerNorm(FusedModule):
-    def __init__(self, norm: nn.LayerNorm) -> None:
-        super().__init__()
-        self.buffer("weight", norm.weight)
-        self.buffer("bias", norm.bias)
-        self.eps, self.shape = norm.eps, norm.normalized_shape
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.layer_norm(x, self.shape, self.weight, self.bias, self.eps)
 
 
 class WindowLayout:
