@@ -16,7 +16,9 @@ artefacts (`density.json`, `compact.json`, `student.safetensors`), the whole `tr
 the newest checkpoint (the complete training state: weights, EMA, optimiser, schedule, data
 stream position, random generators), and the best validated snapshot (`weights/best.*`). It
 leaves out what is rebuilt on demand (the teacher cache, tensorboard files, older checkpoints)
-and writes `PROGRESS.md`, the run's curve in a table. Every file is written atomically.
+and writes `PROGRESS.md`, the run's curve in a table; sections written by hand into the saved
+`PROGRESS.md` (e.g. "## State and next step") are kept at its end by the next `save`, so the
+notes travel with the run. Every file is written atomically.
 `restore` copies it back (refusing to overwrite a run folder that already has a newer
 checkpoint), after which the leg's own command continues the run: `slimsr compress RECIPE`
 again, or `slimsr train --resume RUN_DIR` (with the thread count the run started with, for a
@@ -120,6 +122,24 @@ def progress_markdown(run: Path, parts: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def sections(markdown: str) -> list[tuple[str, str]]:
+    """The `## ` sections of a Markdown text: (title, whole section text), in order."""
+    found: list[tuple[str, str]] = []
+    for chunk in ("\n" + markdown).split("\n## ")[1:]:
+        title = chunk.split("\n", 1)[0].strip()
+        found.append((title, "## " + chunk.rstrip("\n") + "\n"))
+    return found
+
+
+def with_kept_notes(generated: str, previous: str | None, stages: set[str]) -> str:
+    """`generated` followed by the sections of `previous` that `save` does not write itself
+    (those not named after a stage): hand-written notes survive each save."""
+    if previous is None:
+        return generated
+    kept = [text for title, text in sections(previous) if title not in stages]
+    return generated.rstrip("\n") + "\n\n" + "\n".join(kept) if kept else generated
+
+
 def save(run: Path, dest: Path) -> None:
     folders = training_folders(run)
     if not folders and not any((run / f).exists() for f in RUN_FILES):
@@ -142,7 +162,10 @@ def save(run: Path, dest: Path) -> None:
         for best in sorted((folder / "weights").glob("best.*")):
             copy_file(best, dest / rel / "weights" / best.name)
     parts = [summary(f) for f in folders]
-    atomic_write_text(dest / "PROGRESS.md", progress_markdown(run, parts))
+    progress = dest / "PROGRESS.md"
+    previous = progress.read_text() if progress.is_file() else None
+    stages = {p["stage"] for p in parts}
+    atomic_write_text(progress, with_kept_notes(progress_markdown(run, parts), previous, stages))
     for p in parts:
         print(
             f"{p['stage']}: iteration {p['iteration']:,}, checkpoint {p['checkpoint_iteration']:,}"

@@ -64,3 +64,32 @@ def test_saved_run_restored_in_a_new_place_continues_bit_exactly(
         campaign.restore(saved, resumed.run_dir)
     assert stop.value.code == 2
     assert "newer" in capsys.readouterr().err
+
+
+def test_save_keeps_hand_written_sections_and_rewrites_its_own(tmp_path: Path) -> None:
+    """The notes a session adds to PROGRESS.md (the state, the resume command) survive the next
+    session's save, once; the generated curve is replaced by the new one."""
+    campaign = load_campaign()
+    run = tmp_path / "runs" / "camp"
+    run.mkdir(parents=True)
+    log = run / "train.jsonl"
+
+    def write_log(vals: list[tuple[int, float]]) -> None:
+        lines = ['{"event": "start", "iter": 0, "iterations": 100}']
+        lines += [f'{{"event": "val", "iter": {i}, "psnr": {p}, "ssim": 0.9}}' for i, p in vals]
+        log.write_text("\n".join(lines) + "\n")
+
+    saved = tmp_path / "campaign" / "camp"
+    write_log([(10, 30.0)])
+    campaign.save(run, saved)
+    progress = saved / "PROGRESS.md"
+    notes = "## State and next step\n\nResume with the leg's command; 1 thread.\n"
+    progress.write_text(progress.read_text() + "\n" + notes)
+
+    write_log([(10, 30.0), (20, 31.5)])
+    campaign.save(run, saved)
+    campaign.save(run, saved)
+    text = progress.read_text()
+    assert text.count("## State and next step") == 1 and "1 thread." in text
+    assert text.count("## camp") == 1 and "| 20 | 31.5000 |" in text
+    assert text.index("## camp") < text.index("## State and next step")
