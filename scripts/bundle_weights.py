@@ -19,11 +19,9 @@ import json
 from pathlib import Path
 
 import yaml
-from shipping import copy_portable, copy_portable_weights
+from shipping import copy_portable, copy_portable_weights, measure_y
 
 import slimsr
-from slimsr.data.folders import dataset_from_root
-from slimsr.evaluate import evaluate_dataset
 from slimsr.fileio import atomic_write_text
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "slimsr" / "weights"
@@ -43,26 +41,6 @@ REFERENCES = {
         4: {"Set5": (30.72, 0.8660), "Set14": (27.61, 0.7550), "B100": (26.98, 0.7150)},
     },
 }
-
-
-def measure(model: slimsr.SRModel, shared: Path, scale: int) -> dict:
-    results = {}
-    for name, generate in (("Set5", False), ("Set14", True), ("B100", True)):
-        root = shared / "datasets" / name
-        res = evaluate_dataset(model, dataset_from_root(root, scale, generate_lr=generate), scale)
-        lr_dir = root / "LR_bicubic" / f"X{scale}"
-        results[name] = {
-            "psnr": round(res.mean("psnr"), 4),
-            "ssim": round(res.mean("ssim"), 4),
-            "bicubic_psnr": round(res.mean("bicubic_psnr"), 4),
-            "bicubic_ssim": round(res.mean("bicubic_ssim"), 4),
-            "lr_source": "generated (MATLAB bicubic, uint8)"
-            if generate
-            else f"{name}/LR_bicubic/X{scale} (MATLAB)"
-            if lr_dir.is_dir()
-            else "generated (MATLAB bicubic, uint8)",
-        }
-    return results
 
 
 def main() -> None:
@@ -95,7 +73,7 @@ def main() -> None:
         "params": model.num_parameters(),
         "iterations": iterations,
         "protocol": "basicsr (Y of BT.601, border = scale, SR as uint8)",
-        "results": measure(model.eval(), args.shared, s),
+        "results": measure_y(model.eval(), args.shared, s),
         "references": {
             name: {d: list(v) for d, v in table[s].items()}
             for name, table in REFERENCES.items()

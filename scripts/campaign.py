@@ -31,6 +31,7 @@ import argparse
 import json
 import shutil
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -72,6 +73,23 @@ def events(folder: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in lines if x.strip()]
 
 
+def leg_hours(log: list[dict[str, Any]]) -> float:
+    """Hours of training in the log: each leg from its start (or resume) to its last event."""
+    total, first, last = 0.0, None, None
+    for e in log:
+        t = datetime.fromisoformat(e["time"]).timestamp() if "time" in e else None
+        if e["event"] in ("start", "resume"):
+            if first is not None and last is not None:
+                total += last - first
+            first = last = t
+        elif t is not None:
+            first = t if first is None else first
+            last = t
+    if first is not None and last is not None:
+        total += last - first
+    return total / 3600
+
+
 def summary(folder: Path) -> dict[str, Any]:
     """Iteration, validation curve, speed and wall time of one training folder."""
     log = events(folder)
@@ -87,6 +105,7 @@ def summary(folder: Path) -> dict[str, Any]:
         "checkpoint_iteration": saved_at,
         "iterations": total,
         "legs": len(starts),
+        "hours": round(leg_hours(log), 2),
         "it_per_s_mean": (sum(e["it_per_s"] for e in trains) / len(trains)) if trains else None,
         "val": [(e["iter"], e["psnr"], e["ssim"]) for e in vals],
         "best": max(vals, key=lambda e: e["psnr"]) if vals else None,
@@ -108,7 +127,7 @@ def progress_markdown(run: Path, parts: list[dict[str, Any]]) -> str:
             f"## {p['stage']}",
             "",
             f"- iteration {p['iteration']:,}{of} (newest checkpoint: {p['checkpoint_iteration']:,}),"
-            f" {p['legs']} leg(s), {speed}",
+            f" {p['legs']} leg(s), {p['hours']:.1f} h, {speed}",
         ]
         if p["best"]:
             b = p["best"]

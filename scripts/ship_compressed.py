@@ -24,11 +24,9 @@ import tempfile
 from pathlib import Path
 
 import torch
-from shipping import REPO_ROOT, copy_portable, portable_meta
+from shipping import REPO_ROOT, copy_portable, measure_y, portable_meta
 
 import slimsr
-from slimsr.data.folders import dataset_from_root
-from slimsr.evaluate import evaluate_dataset
 from slimsr.fileio import atomic_write_text
 from slimsr.weight_files import read_checkpoint, save_weights
 
@@ -39,19 +37,6 @@ PAPER = {
     "edsrmini": {"Set5": [37.67, 0.9597], "Set14": [33.21, 0.9141]},
     "swinirmini": {"Set5": [37.88, 0.9601], "Set14": [33.60, 0.9187]},
 }
-
-
-def measure(model: slimsr.SRModel, shared: Path, scale: int) -> dict:
-    results = {}
-    for name, generate in (("Set5", False), ("Set14", True), ("B100", True)):
-        root = shared / "datasets" / name
-        res = evaluate_dataset(model, dataset_from_root(root, scale, generate_lr=generate), scale)
-        results[name] = {
-            "psnr": round(res.mean("psnr"), 4),
-            "ssim": round(res.mean("ssim"), 4),
-            "bicubic_psnr": round(res.mean("bicubic_psnr"), 4),
-        }
-    return results
 
 
 _DESCRIPTION_KEYS = {
@@ -118,7 +103,7 @@ def main() -> None:
         "params": model.num_parameters(),
         "produced_by": args.produced_by,
         "protocol": "basicsr (Y of BT.601, border = scale, SR as uint8); LR by MATLAB-exact bicubic",
-        "results": measure(model, args.shared, model.scale),
+        "results": measure_y(model, args.shared, model.scale),
         # Table I is x2 only: other scales have no published figure to stand beside.
         "paper (Jiang et al. 2024, Table I)": PAPER.get(model.name, {}) if model.scale == 2 else {},
     }

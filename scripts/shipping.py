@@ -21,6 +21,9 @@ from pathlib import Path
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+import slimsr
+from slimsr.data.folders import dataset_from_root
+from slimsr.evaluate import evaluate_dataset
 from slimsr.fileio import atomic_path, atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +62,28 @@ def copy_portable_weights(src: Path, dst: Path, shared: Path) -> None:
         tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (not a dict)
     with atomic_path(dst) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
+
+
+def measure_y(model: slimsr.SRModel, shared: Path, scale: int) -> dict[str, dict]:
+    """Set5 / Set14 / B100 Y-PSNR / SSIM (BasicSR protocol) of a model to ship, bicubic beside.
+
+    Set5 from its MATLAB-made LR files where the scale has them, Set14 and B100 (and Set5
+    otherwise) with LR made by slimsr's MATLAB-exact bicubic; `lr_source` says which."""
+    results = {}
+    for name, generate in (("Set5", False), ("Set14", True), ("B100", True)):
+        root = shared / "datasets" / name
+        res = evaluate_dataset(model, dataset_from_root(root, scale, generate_lr=generate), scale)
+        matlab_lr = not generate and (root / "LR_bicubic" / f"X{scale}").is_dir()
+        results[name] = {
+            "psnr": round(res.mean("psnr"), 4),
+            "ssim": round(res.mean("ssim"), 4),
+            "bicubic_psnr": round(res.mean("bicubic_psnr"), 4),
+            "bicubic_ssim": round(res.mean("bicubic_ssim"), 4),
+            "lr_source": f"{name}/LR_bicubic/X{scale} (MATLAB)"
+            if matlab_lr
+            else "generated (MATLAB bicubic, uint8)",
+        }
+    return results
 
 
 def main() -> None:

@@ -1,0 +1,108 @@
+"""Copy a finished `slimsr train` run into the package as a shipped model, with its record.
+
+    python scripts/ship_trained.py RUN_DIR --produced-by TEXT [--reference FILE]
+        [--floor DB] [--shared ../shared] [--to DIR]
+
+For models trained by slimsr itself (issue 18: FMEN-S x4 in its train-time form, shipped
+re-parameterised). Takes the run's final weights (the EMA when the run kept one; never the
+Set5-selected "best", which would be tuning on the test set), in their deploy form when the
+run wrote one (`final_deploy.safetensors`: FMEN's RRRBs and BatchNorm folded into plain
+convs), and writes, under `src/slimsr/weights/trained/` (or `--to`):
+
+- `{model}_x{S}.safetensors` + `.json`: the weights and their sidecar;
+- `{model}_x{S}.config.yaml`: the run's resolved recipe;
+- `{model}_x{S}.metrics.json`: Set5 / Set14 / B100 Y-PSNR / SSIM (shipping.measure_y), the
+  training record from train.jsonl (iterations, legs, hours, it/s), the floor the issue set,
+  and `--reference` (e.g. the official weights of the same network) measured the same way.
+
+Recorded paths are made portable (shipping.py); every file is written atomically. A reference
+of another architecture or scale than the run's is refused: the comparison must be like for
+like.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from shipping import REPO_ROOT, copy_portable, copy_portable_weights, measure_y, portable
+
+import slimsr
+from campaign import summary
+from slimsr.fileio import atomic_write_text
+from slimsr.train.resume import finished_weights
+
+TRAINED = REPO_ROOT / "src" / "slimsr" / "weights" / "trained"
+
+
+def ship(
+    run: Path,
+    dest: Path,
+    shared: Path,
+    produced_by: str,
+    reference: Path | None = None,
+    floor: float | None = None,
+) -> Path:
+    """Ship `run`'s final weights into `dest`; the metrics file written."""
+    written = finished_weights(run)
+    if not written:
+        raise SystemExit(f"{run} has no weights/final.safetensors: the run has not finished")
+    weights = written[-1]  # the deploy form when there is one
+    model = slimsr.load(weights)
+    ref_model = slimsr.load(reference) if reference is not None else None
+    if ref_model is not None and (ref_model.name, ref_model.scale) != (model.name, model.scale):
+        raise SystemExit(
+            f"reference {reference} is {ref_model.name} x{ref_model.scale}, "
+            f"the run shipped {model.name} x{model.scale}"
+        )
+    stem = f"{model.name}_x{model.scale}"
+    dest.mkdir(parents=True, exist_ok=True)
+    copy_portable_weights(weights, dest / f"{stem}.safetensors", shared)
+    copy_portable(weights.with_suffix(".json"), dest / f"{stem}.json", shared)
+    copy_portable(run / "config.yaml", dest / f"{stem}.config.yaml", shared)
+    record = summary(run)
+    metrics = {
+        "model": model.name,
+        "scale": model.scale,
+        "params": model.num_parameters(),
+        "weights": weights.name,
+        "produced_by": produced_by,
+        "training": {
+            "iterations": record["iteration"],
+            "of": record["iterations"],
+            "legs": record["legs"],
+            "hours": record["hours"],
+            "it_per_s_mean": round(record["it_per_s_mean"] or 0.0, 3),
+            "best_validation": record["best"]
+            and {k: record["best"][k] for k in ("iter", "psnr", "ssim")},
+        },
+        "protocol": "basicsr (Y of BT.601, border = scale, SR as uint8)",
+        "results": measure_y(model.eval(), shared, model.scale),
+        "quality_floor_set5": floor,
+    }
+    if ref_model is not None:
+        metrics["reference"] = {
+            "file": portable(str(reference.absolute()), shared),
+            "results": measure_y(ref_model.eval(), shared, ref_model.scale),
+        }
+    path = dest / f"{stem}.metrics.json"
+    atomic_write_text(path, json.dumps(metrics, indent=2) + "\n")
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--produced-by", required=True, help="how the weights were made")
+    parser.add_argument("--reference", type=Path, default=None, help="weights to compare with")
+    parser.add_argument("--floor", type=float, default=None, help="Set5 PSNR the issue asks")
+    parser.add_argument("--shared", type=Path, default=Path("../shared"))
+    parser.add_argument("--to", type=Path, default=TRAINED)
+    args = parser.parse_args()
+    path = ship(args.run_dir, args.to, args.shared, args.produced_by, args.reference, args.floor)
+    print(path.read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""scripts/ship_trained.py: a finished train run becomes a shipped model with its record."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import slimsr
+from slimsr.data.folders import dataset_from_root
+from slimsr.evaluate import evaluate_dataset
+from slimsr.train import load_config, train
+from tests.train_utils import tiny_recipe, write_images
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SMALL_FMEN = {"n_feats": 8, "mid_feats": 6, "down_blocks": 1, "up_blocks": [1, 1]}
+
+
+def load_ship_trained():
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))  # its imports of shipping.py and campaign.py
+    try:
+        spec = importlib.util.spec_from_file_location(
+            "ship_trained", REPO_ROOT / "scripts" / "ship_trained.py"
+        )
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(REPO_ROOT / "scripts"))
+    return module
+
+
+def small_shared(root: Path) -> Path:
+    """A stand-in for ../shared: Set5, Set14 and B100 of two small HR images each."""
+    for i, name in enumerate(("Set5", "Set14", "B100")):
+        write_images(root / "datasets" / name / "HR", [(24, 20), (20, 28)], seed=10 + i)
+    return root
+
+
+def test_train_form_run_ships_its_deploy_form_with_record_and_metrics(tmp_path: Path) -> None:
+    ship_trained = load_ship_trained()
+    over = {"model__name": "fmen_s_train", "model__kwargs": SMALL_FMEN}
+    run = train(load_config(tiny_recipe(tmp_path, "fmen", **over))).run_dir
+    shared = small_shared(tmp_path / "shared")
+    official = tmp_path / "official.safetensors"
+    torch.manual_seed(0)
+    slimsr.save(slimsr.create_model("fmen_s", 2, **SMALL_FMEN), official)
+
+    dest = tmp_path / "trained"
+    path = ship_trained.ship(run, dest, shared, "test run", reference=official, floor=31.8)
+    metrics = json.loads(path.read_text())
+    shipped = slimsr.load(dest / "fmen_s_x2.safetensors")
+    # the deploy form, bit for bit the run's final_deploy, not the train-time form
+    assert shipped.name == "fmen_s" and metrics["weights"] == "final_deploy.safetensors"
+    deploy = slimsr.load(run / "weights" / "final_deploy.safetensors")
+    for key, value in deploy.net.state_dict().items():
+        assert torch.equal(shipped.net.state_dict()[key], value)
+    # the metrics are what the shipped weights give, and the reference's are its own
+    data = dataset_from_root(shared / "datasets" / "Set5", 2)
+    assert metrics["results"]["Set5"]["psnr"] == pytest.approx(
+        evaluate_dataset(shipped, data, 2).mean("psnr"), abs=1e-4
+    )
+    ref_psnr = metrics["reference"]["results"]["Set5"]["psnr"]
+    assert ref_psnr == pytest.approx(
+        evaluate_dataset(slimsr.load(official), data, 2).mean("psnr"), abs=1e-4
+    )
+    assert metrics["training"]["iterations"] == 8 and metrics["training"]["legs"] == 1
+    assert metrics["quality_floor_set5"] == 31.8 and metrics["params"] == shipped.num_parameters()
+    assert yaml.safe_load((dest / "fmen_s_x2.config.yaml").read_text())["name"] == "fmen"
+    assert (dest / "fmen_s_x2.json").is_file()
+
+
+def test_unfinished_run_or_other_reference_is_refused(tmp_path: Path) -> None:
+    ship_trained = load_ship_trained()
+    recipe = tiny_recipe(tmp_path, "edsr")
+    run = train(load_config(recipe)).run_dir
+    shared = small_shared(tmp_path / "shared")
+    other = tmp_path / "other.safetensors"
+    slimsr.save(slimsr.create_model("edsrmini", 3, num_feat=4, num_block=1), other)
+    with pytest.raises(SystemExit, match=r"reference .* is edsrmini x3"):
+        ship_trained.ship(run, tmp_path / "out", shared, "t", reference=other)
+    assert not (tmp_path / "out").exists()  # nothing half-shipped
+    (run / "weights" / "final.safetensors").unlink()
+    with pytest.raises(SystemExit, match="has not finished"):
+        ship_trained.ship(run, tmp_path / "out", shared, "t")
