@@ -12,7 +12,11 @@ if these defaults change in a later version).
   32 px LR patches, x4, 1 thread, idle machine, interleaved in one process), channels-last /
   contiguous: edsrmini 0.69, fmen_s 0.76, e_rfdn 0.81, edsr_baseline 0.83, fmen_s_train 0.86,
   abpn 0.86; a tie for bsrn_s 1.00, bsrn 0.98, swinirmini 0.99 (kept contiguous) and
-  fmen_train 1.03 (1.31 in a run on a loaded machine).
+  fmen_train 1.03 (1.31 in a run on a loaded machine). On the AVX-512 Xeon of later sessions
+  (2026-12-06, batch 16 as the campaigns train, idle, interleaved) BSRN is the exception:
+  0.73 at x2 and 0.74 at x4 (1 thread), 0.74 at 2 threads, 0.82-0.83 with 48-60 features
+  (the widths eq. 5 gives a compressed BSRN), against bsrn_s 0.98 and swinirmini 0.97; so
+  bsrn trains channels-last (a tie on the AVX2 machine, a 1.35x faster step on this one).
 - Attention (SwinIR): "math" (matmul, softmax, matmul, with the position bias and the window
   mask summed while small) or "sdpa" (`F.scaled_dot_product_attention`). With SwinIRmini's
   head size of 4 the fused CPU kernel measured 1.4-1.5x slower than math (whole training
@@ -59,6 +63,9 @@ COMPILE_MIN_ITERATIONS = 20_000
 """Shortest run "auto" compiles: the first step's compilation (up to ~50 s) is then under 1% of
 the run at these models' step times, and tests and short runs start at once."""
 
+TRAIN_CHANNELS_LAST_MODELS: frozenset[str] = frozenset({"bsrn"})
+"""Models outside those families measured faster in NHWC (module doc): BSRN, not BSRN-S."""
+
 TRAIN_CONTIGUOUS_MODELS: frozenset[str] = frozenset({"fmen_train"})
 """Exceptions in those families: FMEN's full-size train-time form measured 1.03x (idle) to 1.31x
 (loaded machine) slower in NHWC."""
@@ -91,7 +98,9 @@ def default_memory_format(info: ModelInfo, device: torch.device) -> MemoryFormat
     `benchmarks/gpu_check.sh` is where a lent GPU would measure it)."""
     if device.type != "cpu":
         return "contiguous"
-    fast = info.family in TRAIN_CHANNELS_LAST_FAMILIES and info.name not in TRAIN_CONTIGUOUS_MODELS
+    fast = (
+        info.family in TRAIN_CHANNELS_LAST_FAMILIES and info.name not in TRAIN_CONTIGUOUS_MODELS
+    ) or info.name in TRAIN_CHANNELS_LAST_MODELS
     return "channels_last" if fast else "contiguous"
 
 
