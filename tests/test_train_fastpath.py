@@ -69,6 +69,11 @@ SMALL = {
     "abpn": {},
     "e_rfdn": {},
     "swinirmini": {},
+    "bsrn": {"num_feat": 16, "num_block": 2},
+    "rlfn": {"num_feat": 16, "num_block": 2},
+    "safmn": {"dim": 16, "n_blocks": 2},
+    "smfanet": {"dim": 16, "n_blocks": 2},
+    "span_train": {},
 }
 
 
@@ -151,6 +156,8 @@ def test_plan_defaults_overrides_and_saved_choice() -> None:
     # BSRN trains channels-last (measured 0.73x the step time), BSRN-S stays contiguous (a tie)
     assert default_memory_format(get_model_info("bsrn"), CPU) == "channels_last"
     assert default_memory_format(get_model_info("bsrn_s"), CPU) == "contiguous"
+    for name in ("rlfn", "safmn", "smfanet", "span_train"):  # 0.65-0.89x the step time
+        assert default_memory_format(get_model_info(name), CPU) == "channels_last"
     assert default_memory_format(info, torch.device("cuda")) == "contiguous"
     # OBProx-SG has its own step; SwinIR has attention to choose
     assert resolve_plan(auto, info, net, CPU, own_step=True).optimizer_impl is None

@@ -17,6 +17,9 @@ if these defaults change in a later version).
   0.73 at x2 and 0.74 at x4 (1 thread), 0.74 at 2 threads, 0.82-0.83 with 48-60 features
   (the widths eq. 5 gives a compressed BSRN), against bsrn_s 0.98 and swinirmini 0.97; so
   bsrn trains channels-last (a tie on the AVX2 machine, a 1.35x faster step on this one).
+  The families added after that measurement, same machine and day, batch 16, x4, idle, 1 / 2
+  threads: rlfn 0.71 / 0.75, rlfn_s 0.82 / 0.81, safmn 0.87 / 0.88, smfanet 0.71 / 0.65,
+  span_train 0.86 / 0.86, span 0.89 (2 threads): all channels-last.
 - Attention (SwinIR): "math" (matmul, softmax, matmul, with the position bias and the window
   mask summed while small) or "sdpa" (`F.scaled_dot_product_attention`). With SwinIRmini's
   head size of 4 the fused CPU kernel measured 1.4-1.5x slower than math (whole training
@@ -53,7 +56,9 @@ MemoryFormat = Literal["contiguous", "channels_last"]
 Attention = Literal["math", "sdpa"]
 OptimizerImpl = Literal["foreach", "for_loop", "fused"]
 
-TRAIN_CHANNELS_LAST_FAMILIES: frozenset[str] = frozenset({"edsr", "fmen", "rfdn", "abpn"})
+TRAIN_CHANNELS_LAST_FAMILIES: frozenset[str] = frozenset(
+    {"edsr", "fmen", "rfdn", "abpn", "rlfn", "safmn", "smfanet", "span"}
+)
 """Families whose training step measured faster in NHWC at every model tried (module doc)."""
 
 TRAIN_COMPILE_MODELS: frozenset[str] = frozenset({"bsrn_s", "edsrmini", "abpn"})
