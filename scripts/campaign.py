@@ -18,7 +18,8 @@ stream position, random generators), and the best validated snapshot (`weights/b
 leaves out what is rebuilt on demand (the teacher cache, tensorboard files, older checkpoints)
 and writes `PROGRESS.md`, the run's curve in a table; sections written by hand into the saved
 `PROGRESS.md` (e.g. "## State and next step") are kept at its end by the next `save`, so the
-notes travel with the run. Every file is written atomically.
+notes travel with the run; text written inside a generated section (one named after a stage)
+or above the first section is rewritten. Every file is written atomically.
 `restore` copies it back (refusing to overwrite a run folder that already has a newer
 checkpoint), after which the leg's own command continues the run: `slimsr compress RECIPE`
 again, or `slimsr train --resume RUN_DIR` (with the thread count the run started with, for a
@@ -73,11 +74,20 @@ def events(folder: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in lines if x.strip()]
 
 
+def event_time(event: dict[str, Any]) -> float | None:
+    """The event's time stamp in seconds, or None when it has none that parses."""
+    try:
+        return datetime.fromisoformat(event["time"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def leg_hours(log: list[dict[str, Any]]) -> float:
-    """Hours of training in the log: each leg from its start (or resume) to its last event."""
+    """Hours of training in the log: each leg from its start (or resume) event, written once
+    the data (and a teacher cache) is ready, to its last event; set-up time is not counted."""
     total, first, last = 0.0, None, None
     for e in log:
-        t = datetime.fromisoformat(e["time"]).timestamp() if "time" in e else None
+        t = event_time(e)
         if e["event"] in ("start", "resume"):
             if first is not None and last is not None:
                 total += last - first
@@ -142,12 +152,18 @@ def progress_markdown(run: Path, parts: list[dict[str, Any]]) -> str:
 
 
 def sections(markdown: str) -> list[tuple[str, str]]:
-    """The `## ` sections of a Markdown text: (title, whole section text), in order."""
-    found: list[tuple[str, str]] = []
-    for chunk in ("\n" + markdown).split("\n## ")[1:]:
-        title = chunk.split("\n", 1)[0].strip()
-        found.append((title, "## " + chunk.rstrip("\n") + "\n"))
-    return found
+    """The `## ` sections of a Markdown text: (title, whole section text), in order. A `## `
+    line inside a fenced code block (a shell comment in a resume command) starts nothing."""
+    found: list[tuple[str, list[str]]] = []
+    fenced = False
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        if line.startswith("## ") and not fenced:
+            found.append((line[3:].strip(), [line]))
+        elif found:
+            found[-1][1].append(line)
+    return [(title, "\n".join(lines).rstrip("\n") + "\n") for title, lines in found]
 
 
 def with_kept_notes(generated: str, previous: str | None, stages: set[str]) -> str:

@@ -15,9 +15,9 @@ convs), and writes, under `src/slimsr/weights/trained/` (or `--to`):
   training record from train.jsonl (iterations, legs, hours, it/s), the floor the issue set,
   and `--reference` (e.g. the official weights of the same network) measured the same way.
 
-Recorded paths are made portable (shipping.py); every file is written atomically. A reference
-of another architecture or scale than the run's is refused: the comparison must be like for
-like.
+Recorded paths are made portable (shipping.py); every file is written atomically, and only
+after everything is measured. A reference registered under another model name or scale than
+the run's is refused: the comparison must be like for like.
 """
 
 from __future__ import annotations
@@ -56,12 +56,8 @@ def ship(
             f"reference {reference} is {ref_model.name} x{ref_model.scale}, "
             f"the run shipped {model.name} x{model.scale}"
         )
-    stem = f"{model.name}_x{model.scale}"
-    dest.mkdir(parents=True, exist_ok=True)
-    copy_portable_weights(weights, dest / f"{stem}.safetensors", shared)
-    copy_portable(weights.with_suffix(".json"), dest / f"{stem}.json", shared)
-    copy_portable(run / "config.yaml", dest / f"{stem}.config.yaml", shared)
     record = summary(run)
+    speed = record["it_per_s_mean"]
     metrics = {
         "model": model.name,
         "scale": model.scale,
@@ -73,7 +69,7 @@ def ship(
             "of": record["iterations"],
             "legs": record["legs"],
             "hours": record["hours"],
-            "it_per_s_mean": round(record["it_per_s_mean"] or 0.0, 3),
+            "it_per_s_mean": None if speed is None else round(speed, 3),
             "best_validation": record["best"]
             and {k: record["best"][k] for k in ("iter", "psnr", "ssim")},
         },
@@ -86,6 +82,12 @@ def ship(
             "file": portable(str(reference.absolute()), shared),
             "results": measure_y(ref_model.eval(), shared, ref_model.scale),
         }
+    # everything measured: only now is anything written, so a failure leaves no half-ship
+    stem = f"{model.name}_x{model.scale}"
+    dest.mkdir(parents=True, exist_ok=True)
+    copy_portable_weights(weights, dest / f"{stem}.safetensors", shared)
+    copy_portable(weights.with_suffix(".json"), dest / f"{stem}.json", shared)
+    copy_portable(run / "config.yaml", dest / f"{stem}.config.yaml", shared)
     path = dest / f"{stem}.metrics.json"
     atomic_write_text(path, json.dumps(metrics, indent=2) + "\n")
     return path

@@ -67,21 +67,23 @@ def copy_portable_weights(src: Path, dst: Path, shared: Path) -> None:
 def measure_y(model: slimsr.SRModel, shared: Path, scale: int) -> dict[str, dict]:
     """Set5 / Set14 / B100 Y-PSNR / SSIM (BasicSR protocol) of a model to ship, bicubic beside.
 
-    Set5 from its MATLAB-made LR files where the scale has them, Set14 and B100 (and Set5
-    otherwise) with LR made by slimsr's MATLAB-exact bicubic; `lr_source` says which."""
+    Set5 from its own LR files where the scale has them, Set14 and B100 (and Set5 otherwise)
+    with LR made by slimsr's MATLAB-exact bicubic; `lr_source` says which. An image that fails
+    stops the measurement: a shipped mean is over the whole set or not recorded at all."""
     results = {}
     for name, generate in (("Set5", False), ("Set14", True), ("B100", True)):
         root = shared / "datasets" / name
         res = evaluate_dataset(model, dataset_from_root(root, scale, generate_lr=generate), scale)
-        matlab_lr = not generate and (root / "LR_bicubic" / f"X{scale}").is_dir()
+        failed = [r for r in res.rows if r not in res.ok_rows]
+        if failed or not res.rows:
+            raise SystemExit(f"{name}: {len(failed)} of {len(res.rows)} images failed to evaluate")
         results[name] = {
             "psnr": round(res.mean("psnr"), 4),
             "ssim": round(res.mean("ssim"), 4),
             "bicubic_psnr": round(res.mean("bicubic_psnr"), 4),
             "bicubic_ssim": round(res.mean("bicubic_ssim"), 4),
-            "lr_source": f"{name}/LR_bicubic/X{scale} (MATLAB)"
-            if matlab_lr
-            else "generated (MATLAB bicubic, uint8)",
+            "images": len(res.rows),
+            "lr_source": portable(res.lr_source, shared),
         }
     return results
 

@@ -83,7 +83,10 @@ def test_save_keeps_hand_written_sections_and_rewrites_its_own(tmp_path: Path) -
     write_log([(10, 30.0)])
     campaign.save(run, saved)
     progress = saved / "PROGRESS.md"
-    notes = "## State and next step\n\nResume with the leg's command; 1 thread.\n"
+    notes = (
+        "## State and next step\n\nResume with the leg's command; 1 thread.\n\n"
+        "```\n## a shell comment, not a section\nslimsr train RECIPE\n```\n"
+    )
     progress.write_text(progress.read_text() + "\n" + notes)
 
     write_log([(10, 30.0), (20, 31.5)])
@@ -91,5 +94,22 @@ def test_save_keeps_hand_written_sections_and_rewrites_its_own(tmp_path: Path) -
     campaign.save(run, saved)
     text = progress.read_text()
     assert text.count("## State and next step") == 1 and "1 thread." in text
+    assert "## a shell comment, not a section\nslimsr train RECIPE\n```" in text
     assert text.count("## camp") == 1 and "| 20 | 31.5000 |" in text
     assert text.index("## camp") < text.index("## State and next step")
+
+
+def test_leg_hours_sum_each_leg_and_skip_missing_or_odd_times() -> None:
+    campaign = load_campaign()
+    log = [
+        {"event": "start", "time": "2026-12-06T10:00:00+00:00"},
+        {"event": "train", "time": "2026-12-06T10:30:00+00:00"},
+        {"event": "val", "time": None},
+        {"event": "train", "time": "2026-12-06T11:00:00+00:00"},
+        {"event": "resume", "time": "2026-12-07T09:00:00+00:00"},  # the night between: no
+        {"event": "train"},
+        {"event": "train", "time": "not a time"},
+        {"event": "train", "time": "2026-12-07T09:30:00+00:00"},
+    ]
+    assert campaign.leg_hours(log) == pytest.approx(1.5)
+    assert campaign.leg_hours([{"event": "start"}]) == 0.0

@@ -72,6 +72,8 @@ def test_train_form_run_ships_its_deploy_form_with_record_and_metrics(tmp_path: 
         evaluate_dataset(slimsr.load(official), data, 2).mean("psnr"), abs=1e-4
     )
     assert metrics["training"]["iterations"] == 8 and metrics["training"]["legs"] == 1
+    assert 0 <= metrics["training"]["hours"] < 0.5 and metrics["training"]["it_per_s_mean"] > 0
+    assert metrics["results"]["Set5"]["images"] == 2
     assert metrics["quality_floor_set5"] == 31.8 and metrics["params"] == shipped.num_parameters()
     assert yaml.safe_load((dest / "fmen_s_x2.config.yaml").read_text())["name"] == "fmen"
     assert (dest / "fmen_s_x2.json").is_file()
@@ -87,6 +89,11 @@ def test_unfinished_run_or_other_reference_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match=r"reference .* is edsrmini x3"):
         ship_trained.ship(run, tmp_path / "out", shared, "t", reference=other)
     assert not (tmp_path / "out").exists()  # nothing half-shipped
+    # an image that cannot be read stops the measurement before anything is written
+    (shared / "datasets" / "Set14" / "HR" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(SystemExit, match="Set14: 1 of 3 images failed"):
+        ship_trained.ship(run, tmp_path / "out", shared, "t")
+    assert not (tmp_path / "out").exists()
     (run / "weights" / "final.safetensors").unlink()
     with pytest.raises(SystemExit, match="has not finished"):
         ship_trained.ship(run, tmp_path / "out", shared, "t")

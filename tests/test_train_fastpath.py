@@ -74,13 +74,21 @@ SMALL = {
     "safmn": {"dim": 16, "n_blocks": 2},
     "smfanet": {"dim": 16, "n_blocks": 2},
     "span_train": {},
+    "span": {},
+    "span_ntire": {},
+    "span_ntire_train": {},
+    "rlfn_s": {"num_feat": 16, "num_block": 2},
+    "rlfn_ntire": {},
+    "safmn_ntire": {},
 }
+SCALE = {"abpn": 3, "safmn_ntire": 4}
+"""Models without an x2 form."""
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_channels_last_step_equals_contiguous(name: str) -> None:
     torch.manual_seed(0)
-    scale = 3 if name == "abpn" else 2
+    scale = SCALE.get(name, 2)
     plain = create_model(name, scale, **SMALL[name]).net.train()
     fast = copy.deepcopy(plain)
     apply_plan(fast, StepPlan("channels_last", None, None))
