@@ -12,8 +12,8 @@ This script copies those between the run folder (`runs/<name>/`, not committed) 
 
 `save` keeps, for the run and for each training stage of a compression run (`prune/`,
 `distill/`): the recipe as the run resolved it (`config.yaml`, `compress.yaml`), the stage
-artefacts (`density.json`, `compact.json`, `student.safetensors`), the whole `train.jsonl`,
-the newest checkpoint (the complete training state: weights, EMA, optimiser, schedule, data
+artefacts (`density.json` and its per-layer plot, `compact.json`, `student.safetensors`), the
+whole `train.jsonl`, the newest checkpoint (the complete training state: weights, EMA, optimiser, schedule, data
 stream position, random generators), and the best validated snapshot (`weights/best.*`). It
 leaves out what is rebuilt on demand (the teacher cache, tensorboard files, older checkpoints)
 and writes `PROGRESS.md`, the run's curve in a table; sections written by hand into the saved
@@ -43,6 +43,7 @@ RUN_FILES = (
     "config.yaml",
     "compress.yaml",
     "density.json",
+    "density.png",
     "compact.json",
     "student.safetensors",
     "student.json",
