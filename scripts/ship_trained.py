@@ -17,7 +17,8 @@ convs), and writes, under `src/slimsr/weights/trained/` (or `--to`):
 
 Recorded paths are made portable (shipping.py); every file is written atomically, and only
 after everything is measured. A reference registered under another model name or scale than
-the run's is refused: the comparison must be like for like.
+the run's is refused: the comparison must be like for like. Bad input (an unfinished run, a
+missing or mismatched reference, an image that fails) is one line on stderr and exit 2.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from pathlib import Path
 from shipping import REPO_ROOT, copy_portable, copy_portable_weights, measure_y, portable
 
 import slimsr
-from campaign import summary
+from campaign import fail, summary
+from slimsr.errors import SlimsrError
 from slimsr.fileio import atomic_write_text
 from slimsr.train.resume import finished_weights
 
@@ -47,12 +49,12 @@ def ship(
     """Ship `run`'s final weights into `dest`; the metrics file written."""
     written = finished_weights(run)
     if not written:
-        raise SystemExit(f"{run} has no weights/final.safetensors: the run has not finished")
+        raise SlimsrError(f"{run} has no weights/final.safetensors: the run has not finished")
     weights = written[-1]  # the deploy form when there is one
     model = slimsr.load(weights)
     ref_model = slimsr.load(reference) if reference is not None else None
     if ref_model is not None and (ref_model.name, ref_model.scale) != (model.name, model.scale):
-        raise SystemExit(
+        raise SlimsrError(
             f"reference {reference} is {ref_model.name} x{ref_model.scale}, "
             f"the run shipped {model.name} x{model.scale}"
         )
@@ -102,7 +104,12 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=Path("../shared"))
     parser.add_argument("--to", type=Path, default=TRAINED)
     args = parser.parse_args()
-    path = ship(args.run_dir, args.to, args.shared, args.produced_by, args.reference, args.floor)
+    try:
+        path = ship(
+            args.run_dir, args.to, args.shared, args.produced_by, args.reference, args.floor
+        )
+    except SlimsrError as exc:  # bad input: one line, exit 2, nothing written
+        fail(str(exc))
     print(path.read_text())
 
 

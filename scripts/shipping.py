@@ -22,7 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import slimsr
-from slimsr.data.folders import dataset_from_root
+from slimsr.data.folders import DataError, dataset_from_root
 from slimsr.evaluate import evaluate_dataset
 from slimsr.fileio import atomic_path, atomic_write_text
 
@@ -76,7 +76,7 @@ def measure_y(model: slimsr.SRModel, shared: Path, scale: int) -> dict[str, dict
         res = evaluate_dataset(model, dataset_from_root(root, scale, generate_lr=generate), scale)
         failed = [r for r in res.rows if r not in res.ok_rows]
         if failed or not res.rows:
-            raise SystemExit(f"{name}: {len(failed)} of {len(res.rows)} images failed to evaluate")
+            raise DataError(f"{name}: {len(failed)} of {len(res.rows)} images failed to evaluate")
         results[name] = {
             "psnr": round(res.mean("psnr"), 4),
             "ssim": round(res.mean("ssim"), 4),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import yaml
 
 import slimsr
 from slimsr.data.folders import dataset_from_root
+from slimsr.errors import SlimsrError
 from slimsr.evaluate import evaluate_dataset
 from slimsr.train import load_config, train
 from tests.train_utils import tiny_recipe, write_images
@@ -86,14 +88,30 @@ def test_unfinished_run_or_other_reference_is_refused(tmp_path: Path) -> None:
     shared = small_shared(tmp_path / "shared")
     other = tmp_path / "other.safetensors"
     slimsr.save(slimsr.create_model("edsrmini", 3, num_feat=4, num_block=1), other)
-    with pytest.raises(SystemExit, match=r"reference .* is edsrmini x3"):
+    with pytest.raises(SlimsrError, match=r"reference .* is edsrmini x3"):
         ship_trained.ship(run, tmp_path / "out", shared, "t", reference=other)
     assert not (tmp_path / "out").exists()  # nothing half-shipped
     # an image that cannot be read stops the measurement before anything is written
     (shared / "datasets" / "Set14" / "HR" / "broken.png").write_bytes(b"not a png")
-    with pytest.raises(SystemExit, match="Set14: 1 of 3 images failed"):
+    with pytest.raises(SlimsrError, match="Set14: 1 of 3 images failed"):
         ship_trained.ship(run, tmp_path / "out", shared, "t")
     assert not (tmp_path / "out").exists()
     (run / "weights" / "final.safetensors").unlink()
-    with pytest.raises(SystemExit, match="has not finished"):
+    with pytest.raises(SlimsrError, match="has not finished"):
         ship_trained.ship(run, tmp_path / "out", shared, "t")
+
+
+def test_command_line_refuses_bad_input_in_one_line_with_exit_2(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    script = REPO_ROOT / "scripts" / "ship_trained.py"
+    for args in (
+        [str(tmp_path / "no_run"), "--produced-by", "t", "--to", str(out)],
+        [str(tmp_path), "--produced-by", "t", "--to", str(out)],  # a folder, not a run
+    ):
+        res = subprocess.run(
+            [sys.executable, str(script), *args], capture_output=True, text=True, check=False
+        )
+        assert res.returncode == 2, res.stderr
+        assert res.stderr.count("\n") == 1 and res.stderr.startswith("error: ")
+        assert "has not finished" in res.stderr and "Traceback" not in res.stderr
+    assert not out.exists()
