@@ -13,9 +13,10 @@ This script copies those between the run folder (`runs/<name>/`, not committed) 
 `save` keeps, for the run and for each training stage of a compression run (`prune/`,
 `distill/`): the recipe as the run resolved it (`config.yaml`, `compress.yaml`), the stage
 artefacts (`density.json` and its per-layer plot, `compact.json`, `student.safetensors`), the
-whole `train.jsonl`, the newest checkpoint (the complete training state: weights, EMA, optimiser, schedule, data
-stream position, random generators), and the best validated snapshot (`weights/best.*`). It
-leaves out what is rebuilt on demand (the teacher cache, tensorboard files, older checkpoints)
+whole `train.jsonl`, the newest checkpoint (the complete training state: weights, EMA,
+optimiser, schedule, data stream position, random generators) and the best validated snapshot
+(`weights/best.*`); for a finished stage, its final weights (`weights/final*.safetensors`, the
+start of a next stage) instead of a training state, which nothing needs any more. It leaves out what is rebuilt on demand (the teacher cache, tensorboard files, older checkpoints)
 and writes `PROGRESS.md`, the run's curve in a table; sections written by hand into the saved
 `PROGRESS.md` (e.g. "## State and next step") are kept at its end by the next `save`, so the
 notes travel with the run; text written inside a generated section (one named after a stage)
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from slimsr.fileio import atomic_path, atomic_write_text
+from slimsr.train.resume import finished_weights
 from slimsr.train.training_state import latest_checkpoint, list_checkpoints
 
 RUN_FILES = (
@@ -190,11 +192,17 @@ def save(run: Path, dest: Path) -> None:
                 copy_file(folder / name, dest / rel / name)
         newest = latest_checkpoint(folder / "checkpoints")
         old = dest / rel / "checkpoints"
-        if newest is not None:
-            copy_file(newest, old / newest.name)
-            for stale in old.glob("iter_*.pt"):  # one state per stage is all a resume needs
-                if stale.name != newest.name:
-                    stale.unlink()
+        final = finished_weights(folder)
+        for weights in final:  # a finished stage: its result, the start of any next stage
+            for path in (weights, weights.with_suffix(".json")):
+                if path.is_file():
+                    copy_file(path, dest / rel / "weights" / path.name)
+        keep = None if final or newest is None else newest.name
+        if keep is not None:
+            copy_file(newest, old / keep)
+        for stale in old.glob("iter_*.pt"):  # one state per unfinished stage is all a resume
+            if stale.name != keep:  # needs; a finished one needs none (megabytes in git)
+                stale.unlink()
         for best in sorted((folder / "weights").glob("best.*")):
             copy_file(best, dest / rel / "weights" / best.name)
     parts = [summary(f) for f in folders]

@@ -59,6 +59,14 @@ def test_saved_run_restored_in_a_new_place_continues_bit_exactly(
     assert_same_tensors(a["params"], b["params"])
     assert_same_optimizer(a["optimizer"], b["optimizer"])
 
+    # a finished run keeps its final weights (a next stage starts there), no training state
+    done = tmp_path / "repo" / "campaign" / "straight"
+    campaign.save(straight.run_dir, done)
+    assert not list((done / "checkpoints").glob("*.pt"))
+    final = done / "weights" / "final.safetensors"
+    assert final.read_bytes() == (straight.run_dir / "weights" / "final.safetensors").read_bytes()
+    assert (done / "weights" / "final.json").is_file()
+
     # a restore never replaces a newer state with an older one
     with pytest.raises(SystemExit) as stop:
         campaign.restore(saved, resumed.run_dir)
