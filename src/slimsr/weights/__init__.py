@@ -46,7 +46,10 @@ def default_model(scale: int | None = None) -> SRModel:
     return load(path)
 
 
-SHIPPED = {("abpn", 3): "abpn/abpn_x3.safetensors"}
+SHIPPED = {
+    ("abpn", 3): "abpn/abpn_x3.safetensors",
+    ("fmen_s", 4): "trained/fmen_s_x4.safetensors",
+}
 """Models shipped beside the defaults that `-m NAME` (with their scale) names without
 --weights: paths under `BUNDLED_DIR`."""
 
