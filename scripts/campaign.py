@@ -16,8 +16,9 @@ artefacts (`density.json` and its per-layer plot, `compact.json`, `student.safet
 whole `train.jsonl`, the newest checkpoint (the complete training state: weights, EMA,
 optimiser, schedule, data stream position, random generators) and the best validated snapshot
 (`weights/best.*`); for a finished stage, its final weights (`weights/final*.safetensors`, the
-start of a next stage) instead of a training state, which nothing needs any more. It leaves out what is rebuilt on demand (the teacher cache, tensorboard files, older checkpoints)
-and writes `PROGRESS.md`, the run's curve in a table; sections written by hand into the saved
+start of a next stage) instead of a training state, which nothing needs any more. It leaves
+out what is rebuilt on demand (the teacher cache, tensorboard files, older checkpoints) and
+writes `PROGRESS.md`, the run's curve in a table; sections written by hand into the saved
 `PROGRESS.md` (e.g. "## State and next step") are kept at its end by the next `save`, so the
 notes travel with the run; text written inside a generated section (one named after a stage)
 or above the first section is rewritten. Every file is written atomically.
