@@ -27,6 +27,8 @@ thread count, measured before and after the models (the higher is used).
         --json benchmarks/results/train_efficiency_cpu1.json   # the table in docs/training.md
     OMP_NUM_THREADS=1 python benchmarks/bench_train.py --models edsrmini swinirmini --compile \
         --threads 1 --json benchmarks/results/train_compile_cpu1.json  # eager vs torch.compile
+    OMP_NUM_THREADS=1 python benchmarks/bench_train.py --models fmen_s_train span_train \
+        --online-fold --threads 1 --batch 16 --json benchmarks/results/train_online_fold_cpu1.json
 
 --distill compares, in one run and on the same recipe (EDSRmini x2 student, batch 16 of 32 px
 LR patches unless --batch/--patch say otherwise), a plain step, a distillation step whose
@@ -62,6 +64,7 @@ from rich.table import Table
 
 from slimsr.factory import create_model
 from slimsr.profile import complexity
+from slimsr.registry import get_model_info
 from slimsr.train import TrainConfig, TrainResult, load_config, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,6 +79,13 @@ PUBLISHED = [
     "e_rfdn_x4",
 ]
 MODELS = ["edsrmini", "swinirmini", "fmen_s_train", "bsrn_s", "bsrn", "abpn", "e_rfdn"]
+VARIANTS: dict[str, list[str]] = {
+    "": [],
+    "compiled": ["train.fast_path.compile=on"],
+    "unfolded": ["train.fast_path.online_fold=off"],
+    "folded": ["train.fast_path.online_fold=on"],
+}
+"""Fast-path settings a --models row runs with (--compile, --online-fold compare two)."""
 MODEL_BASE = "bsrn_s_x4_quick_cpu"  # the fixed recipe of --models: its loss, optimiser, data
 TEACHER = REPO.parent / "shared" / "weights" / "official" / "bsrn_x2.pth"
 EXACTNESS_DATA = REPO.parent / "shared" / "datasets" / "BSD200" / "HR"
@@ -185,19 +195,20 @@ def bench_model(
     args: argparse.Namespace,
     batch: int,
     peak: float,
-    compiled: bool = False,
+    variant: str = "",
 ) -> dict:
-    """One model on the fixed recipe, with its arithmetic rate and share of `peak`; `compiled`:
-    with `train.fast_path.compile=on` (the compilation falls in the untimed warm-up)."""
+    """One model on the fixed recipe, with its arithmetic rate and share of `peak`; `variant`
+    (a key of VARIANTS): with its fast-path settings (a compilation falls in the untimed
+    warm-up)."""
     extra = [
         f"model.name={name}",
         f"model.scale={args.scale}",
         f"data.train.patch_size={args.patch}",
-        *(["train.fast_path.compile=on"] if compiled else []),
+        *VARIANTS[variant],
     ]
     t0 = time.perf_counter()
     row = bench_recipe(
-        f"{name}_compiled" if compiled else name,
+        f"{name}_{variant}" if variant else name,
         images,
         out,
         args.iters,
@@ -207,7 +218,9 @@ def bench_model(
         recipe=MODEL_BASE,
         extra=extra,
     )
-    macs = complexity(create_model(name, args.scale).net, (args.patch, args.patch)).flops["macs"]
+    # a folded step runs the deploy form's convolutions: count those, not the branches'
+    counted = (get_model_info(name).deploy_form or name) if variant == "folded" else name
+    macs = complexity(create_model(counted, args.scale).net, (args.patch, args.patch)).flops["macs"]
     samples_s = batch / row["step_s"]
     gflops = 3 * 2 * macs * samples_s / 1e9
     row.update(
@@ -215,11 +228,13 @@ def bench_model(
         samples_per_s=samples_s,
         lr_pixels_per_s=samples_s * args.patch**2,
         macs_per_sample=macs,
+        macs_counted_on=counted,
         train_gflop_per_sample=3 * 2 * macs / 1e9,
         gflop_per_s=gflops,
         peak_fraction=gflops / peak,
         load_1m_after=load_1m(),
-        compiled=compiled,
+        compiled=variant == "compiled",
+        variant=variant,
         run_wall_s=time.perf_counter() - t0,
     )
     return row
@@ -239,7 +254,8 @@ def print_models(rows: list[dict], meta: dict) -> None:
     for r in rows:
         table.add_row(
             r["model"]
-            + (f" compiled ({r['step_ratio_to_eager']:.2f}x eager)" if r.get("compiled") else ""),
+            + (f" {r['variant']}" if r.get("variant") else "")
+            + (f" ({r['step_ratio']:.2f}x)" if "step_ratio" in r else ""),
             f"{r['params']:,}",
             f"{r['macs_per_sample'] / 1e6:.1f}",
             f"{1000 * r['step_s']:.0f}",
@@ -278,15 +294,18 @@ def run_models(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         images = Path(tmp) / "images"
         synthetic_images(images, 24, 320)
+        base, other = ("unfolded", "folded") if args.online_fold else ("", "compiled")
         for name in args.models_list or MODELS:
-            rows.append(bench_model(name, images, Path(tmp) / "runs", args, batch, max(peaks)))
+            rows.append(
+                bench_model(name, images, Path(tmp) / "runs", args, batch, max(peaks), base)
+            )
             print(json.dumps(rows[-1]), file=sys.stderr)
-            if args.compile:  # side by side with the eager row just measured
-                eager = rows[-1]
+            if args.compile or args.online_fold:  # side by side with the row just measured
+                first = rows[-1]
                 rows.append(
-                    bench_model(name, images, Path(tmp) / "runs", args, batch, max(peaks), True)
+                    bench_model(name, images, Path(tmp) / "runs", args, batch, max(peaks), other)
                 )
-                rows[-1]["step_ratio_to_eager"] = rows[-1]["step_s"] / eager["step_s"]
+                rows[-1]["step_ratio"] = rows[-1]["step_s"] / first["step_s"]
                 print(json.dumps(rows[-1]), file=sys.stderr)
     peaks.append(gemm_peak(threads))
     peak = max(peaks)
@@ -501,6 +520,11 @@ def main() -> None:
         default=None,
         metavar="MODEL",
         help=f"efficiency of these models on a fixed small recipe (none given: {' '.join(MODELS)})",
+    )
+    parser.add_argument(
+        "--online-fold",
+        action="store_true",
+        help="--models: each model with train.fast_path.online_fold off, then on, side by side",
     )
     parser.add_argument(
         "--compile",

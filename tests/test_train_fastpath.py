@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from slimsr.archs.blocks import FoldableConv, set_online_fold
 from slimsr.errors import SlimsrError
 from slimsr.factory import create_model
 from slimsr.registry import get_model_info
@@ -101,6 +102,79 @@ def test_channels_last_step_equals_contiguous(name: str) -> None:
     assert relative_error(y1, y0) < 1e-5
     worst = gradient_error(g1, g0)
     assert worst < 1e-5, worst
+
+
+FOLDABLE = ("fmen_s_train", "span_train", "span_ntire_train")
+
+
+@pytest.mark.parametrize("name", FOLDABLE)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_online_fold_step_equals_the_branches(name: str, dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    plain = create_model(name, 2, **SMALL[name]).net.to(dtype).train()
+    with torch.no_grad():  # non-zero biases and BN affines: every term of the fold counts
+        for p in plain.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    fast = copy.deepcopy(plain)
+    assert set_online_fold(fast, True) > 0
+    x = torch.rand(2, 3, 12, 20, dtype=dtype)  # not square: the fold's taps are not transposed
+    y0, g0 = forward_and_grads(plain, x)
+    y1, g1 = forward_and_grads(fast, x)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    assert relative_error(y1, y0) < tol
+    assert set(g1) == set(g0)  # every branch weight still gets its gradient
+    worst = gradient_error(g1, g0)
+    assert worst < tol, worst
+    # a fold by hand of one block: the branches' conv, not something merely close to it
+    block = next(m for m in fast.modules() if isinstance(m, FoldableConv))
+    z = torch.rand(1, block.folded()[0].shape[1], 7, 9, dtype=dtype)
+    block.online_fold = False
+    with torch.no_grad():
+        expected = block.train()(z)
+        by_hand = torch.nn.functional.conv2d(z, *block.folded(), padding=1)
+    assert relative_error(by_hand, expected) < tol
+    assert fast.state_dict().keys() == plain.state_dict().keys()
+
+
+def test_online_fold_under_bf16_autocast_keeps_the_fold_in_float32() -> None:
+    torch.manual_seed(0)
+    net = create_model("fmen_s_train", 2).net.train()
+    set_online_fold(net, True)
+    block = next(m for m in net.modules() if isinstance(m, FoldableConv))
+    seen: list[torch.dtype] = []
+    block.register_forward_hook(lambda *_: seen.append(block.folded()[0].dtype))
+    x = torch.rand(1, 3, 12, 12)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = net(x)
+    assert y.dtype == torch.bfloat16 and seen == [torch.float32]
+    with torch.no_grad():
+        ref = create_model("fmen_s_train", 2).net.train()
+        ref.load_state_dict(net.state_dict())
+        assert relative_error(y.float(), ref(x)) < 0.05  # bf16 rounding, not another function
+
+
+def test_online_fold_choice() -> None:
+    fold = create_model("fmen_s_train", 2).net
+    info = get_model_info("fmen_s_train")
+    auto = dict(AUTO)
+    assert resolve_plan(auto, info, fold, CPU, own_step=False).online_fold is True
+    plain = create_model("edsrmini", 2).net
+    assert not resolve_plan(auto, get_model_info("edsrmini"), plain, CPU, False).online_fold
+    assert not resolve_plan({**auto, "online_fold": True}, info, plain, CPU, False).online_fold
+    # a run saved before the option existed kept its branches; one saved with it keeps it
+    before = StepPlan("channels_last", None, "foreach").as_dict()
+    del before["online_fold"]
+    assert resolve_plan(auto, info, fold, CPU, False, saved=before).online_fold is False
+    assert resolve_plan(auto, info, fold, CPU, False, saved=LEGACY_PLAN).online_fold is False
+    on = StepPlan("channels_last", None, "foreach", online_fold=True).as_dict()
+    assert resolve_plan(auto, info, fold, CPU, False, saved=on).online_fold is True
+    # an explicit request wins over both
+    asked = {**auto, "online_fold": True}
+    assert resolve_plan(asked, info, fold, CPU, False, saved=before).online_fold is True
+    off = {**auto, "online_fold": False}
+    assert resolve_plan(off, info, fold, CPU, False, saved=on).online_fold is False
+    apply_plan(fold, StepPlan("contiguous", None, None, online_fold=True))
+    assert all(m.online_fold for m in fold.modules() if isinstance(m, FoldableConv))
 
 
 @pytest.mark.parametrize("size", [(16, 16), (24, 40)])  # 16: not img_size (mask built), 24x40
@@ -196,6 +270,7 @@ def test_the_plan_is_logged_checkpointed_and_kept_on_resume(tmp_path: Path) -> N
         "attention": None,
         "optimizer_impl": "foreach",
         "compile": False,
+        "online_fold": False,  # EDSRmini has no re-parameterisable block
     }
     assert final_state(first.run_dir)["fast_path"] == start["fast_path"]
 
@@ -212,6 +287,7 @@ def test_the_plan_is_logged_checkpointed_and_kept_on_resume(tmp_path: Path) -> N
         "attention": None,
         "optimizer_impl": "for_loop",
         "compile": False,
+        "online_fold": False,
     }
     assert final_state(resumed.run_dir)["fast_path"]["memory_format"] == "contiguous"
 

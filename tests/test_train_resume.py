@@ -198,3 +198,50 @@ def test_resume_check_says_what_would_change_and_writes_nothing(tmp_path: Path) 
     out = slimsr_here("train", "--resume", str(run_dir), "--set", f"output_dir={tmp_path}")
     assert_one_line_error(out, "--set output_dir", "stays in the folder")
     assert _hashes(run_dir) == before
+
+
+def test_a_resumed_run_may_switch_the_online_fold_and_follows_the_same_path(
+    tmp_path: Path,
+) -> None:
+    """The fold is the same function of the same parameters: a run that switches it on when
+    resumed lands where the unswitched run lands, up to float rounding, and records the switch."""
+    tiny_fmen = {
+        "name": "fmen_s_train",
+        "scale": 2,
+        "kwargs": {"n_feats": 8, "mid_feats": 6, "down_blocks": 1, "up_blocks": [1, 1]},
+    }
+    over = {"model": tiny_fmen, "train__fast_path": {"online_fold": False}}
+    straight = train(load_config(tiny_recipe(tmp_path, "straight", **over)))
+    assert straight.iteration == 8
+
+    recipe = tiny_recipe(tmp_path, "switched", **over)
+
+    def stop(event: str, trainer: Trainer) -> None:
+        if event == "step" and trainer.iteration == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    assert Trainer(load_config(recipe), callbacks=[stop]).run().interrupted
+    run_dir = Path(recipe["output_dir"]) / "switched"
+    resumed = train(resume_config(run_dir, ["train.fast_path.online_fold=on"]), resume=True)
+    assert resumed.iteration == 8
+    events = [json.loads(x) for x in (run_dir / "train.jsonl").read_text().splitlines()]
+    assert events[0]["fast_path"]["online_fold"] is False
+    assert [e for e in events if e["event"] == "resume"][-1]["fast_path"]["online_fold"] is True
+    a, b = final_state(Path(recipe["output_dir"]) / "straight"), final_state(run_dir)
+    # against the largest weight: biases that feed a BatchNorm have no gradient in exact
+    # arithmetic, so per tensor they would compare Adam steps on float noise
+    top = max(float(v.abs().max()) for v in a["params"].values())
+    for key, value in a["params"].items():
+        assert float((b["params"][key] - value).abs().max()) / top < 1e-5, key
+    # the other way round as well: a resume may switch it off again
+    assert "train.fast_path.online_fold" in " ".join(
+        resume_changes_of(run_dir, "train.fast_path.online_fold=off")
+    )
+
+
+def resume_changes_of(run_dir: Path, *sets: str) -> list[str]:
+    from slimsr.train.resume import resume_changes, saved_config
+
+    saved = saved_config(run_dir)
+    assert saved is not None
+    return resume_changes(saved, resume_config(run_dir, list(sets)), run_dir)

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from slimsr.archs.fmen import FMEN, TrainFMEN
+from slimsr.archs.fmen import FMEN, TrainFMEN, rrrb_kernel
 from slimsr.archs.span import CONV3XC_PARTS, SPAN, fold_conv3xc
 from slimsr.errors import SlimsrError
 from slimsr.registry import get_model_info
@@ -56,25 +56,13 @@ class NotReparameterizableError(SlimsrError, TypeError):
 # -- the folds, on tensors ---------------------------------------------------------------------
 
 
-def _add_centre_identity(kernel: Tensor) -> Tensor:
-    """kernel + I at the centre tap (a skip connection written as a 3x3 conv)."""
-    out = kernel.clone()
-    idx = torch.arange(kernel.shape[0])
-    out[idx, idx, 1, 1] += 1.0
-    return out
-
-
 def fuse_rrrb(
     k0: Tensor, b0: Tensor, k1: Tensor, b1: Tensor, k2: Tensor, b2: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """One 3x3 kernel and bias equal to expand(1x1) -> fea(3x3)+skip -> reduce(1x1) -> +x."""
+    """One 3x3 kernel and bias equal to expand(1x1) -> fea(3x3)+skip -> reduce(1x1) -> +x,
+    folded in float64 and returned in the weights' dtype."""
     dtype = k0.dtype
-    k0, b0, k1, b1, k2, b2 = (t.detach().double() for t in (k0, b0, k1, b1, k2, b2))
-    k1 = _add_centre_identity(k1)
-    k01 = torch.einsum("omuv,mi->oiuv", k1, k0[:, :, 0, 0])
-    b01 = b1 + torch.einsum("omuv,m->o", k1, b0)
-    weight = _add_centre_identity(torch.einsum("pm,miuv->piuv", k2[:, :, 0, 0], k01))
-    bias = k2[:, :, 0, 0] @ b01 + b2
+    weight, bias = rrrb_kernel(*(t.detach().double() for t in (k0, b0, k1, b1, k2, b2)))
     return weight.to(dtype), bias.to(dtype)
 
 

@@ -46,6 +46,43 @@ def conv3x3(in_ch: int, out_ch: int, bias: bool = True) -> nn.Conv2d:
     return nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=bias)
 
 
+class FoldableConv(nn.Module):
+    """A train-time block that computes exactly one 3x3 conv (FMEN's RRRB, SPAN's Conv3XC).
+
+    With `online_fold` set (`set_online_fold`, the training fast path) the block runs as that
+    conv: its kernel is folded from the branch weights on every call, differentiably, and
+    applied once. The function of the inputs and the parameters is the same as the branches'
+    (so are the gradients, up to float rounding), but a step does the deploy form's
+    convolutions instead of the wider expanded ones: online re-parameterisation (Hu et al.,
+    "Online Convolutional Re-parameterization", CVPR 2022). The state dict does not change.
+    """
+
+    online_fold: bool = False
+
+    def folded(self) -> tuple[Tensor, Tensor]:
+        """The (weight, bias) of the one 3x3 conv (padding 1) this block equals."""
+        raise NotImplementedError
+
+    def run_folded(self, x: Tensor) -> Tensor:
+        # the fold's products stay in the weights' precision; only the conv runs under autocast
+        with torch.autocast(x.device.type, enabled=False):
+            weight, bias = self.folded()
+        return F.conv2d(x, weight, bias, padding=1)
+
+
+def set_online_fold(net: nn.Module, on: bool) -> int:
+    """Switch every `FoldableConv` of `net` to (or from) its folded training path; returns
+    how many blocks there are (0: the network has nothing to fold)."""
+    blocks = [m for m in net.modules() if isinstance(m, FoldableConv)]
+    for block in blocks:
+        block.online_fold = on
+    return len(blocks)
+
+
+def has_foldable_convs(net: nn.Module) -> bool:
+    return any(isinstance(m, FoldableConv) for m in net.modules())
+
+
 def dcr_to_crd(num_out: int, scale: int) -> Tensor:
     """Index map so that `crd[k] = dcr[perm[k]]` for channel counts `num_out * s^2`.
 

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from slimsr.archs._compression import ArchSpec, Built, Dims, check_net, weights_under
 from slimsr.archs._detect import has_all, indices, pixelshuffle_scale
 from slimsr.archs._switches import choose
-from slimsr.archs.blocks import ESA, CCALayer, OneStepUpsampler, conv3x3
+from slimsr.archs.blocks import ESA, CCALayer, FoldableConv, OneStepUpsampler, conv3x3
 from slimsr.registry import Detection, register_detector, register_family, register_model
 
 NEG_SLOPE = 0.1
@@ -75,10 +75,31 @@ def bn_zero_response(bn: nn.BatchNorm2d) -> Tensor:
 # -- train-time blocks --------------------------------------------------------------------------
 
 
-class RRRB(nn.Module):
+def _centre_identity(n: int, like: Tensor) -> Tensor:
+    """I at the centre tap of an n x n x 3 x 3 kernel: a skip connection as a 3x3 conv."""
+    eye = torch.eye(n, dtype=like.dtype, device=like.device)
+    return F.pad(eye[:, :, None, None], (1, 1, 1, 1))
+
+
+def rrrb_kernel(
+    k0: Tensor, b0: Tensor, k1: Tensor, b1: Tensor, k2: Tensor, b2: Tensor
+) -> tuple[Tensor, Tensor]:
+    """One 3x3 kernel and bias (padding 1) equal to an RRRB with expand (k0, b0), fea (k1, b1)
+    and reduce (k2, b2), computed in the inputs' dtype with differentiable ops (the algebra is
+    written down in `slimsr.reparam`; the training fast path folds through it every step)."""
+    a, c = k0[:, :, 0, 0], k2[:, :, 0, 0]
+    k1 = k1 + _centre_identity(k1.shape[0], k1)  # fea(p) + e: e is p's centre tap
+    k01 = torch.einsum("omuv,mi->oiuv", k1, a)
+    b01 = b1 + torch.einsum("omuv,m->o", k1, b0)
+    weight = torch.einsum("pm,miuv->piuv", c, k01) + _centre_identity(c.shape[0], c)
+    return weight, c @ b01 + b2
+
+
+class RRRB(FoldableConv):
     """Residual-in-residual re-parameterisable block: stands in for one 3x3 conv while training.
 
-    out = reduce(fea(pad(expand(x))) + expand(x)) + x; all three convs fold into one 3x3 conv.
+    out = reduce(fea(pad(expand(x))) + expand(x)) + x; all three convs fold into one 3x3 conv
+    (`rrrb_kernel`), which `online_fold` runs instead of the three.
     """
 
     def __init__(self, n_feats: int, ratio: int = 2) -> None:
@@ -87,7 +108,13 @@ class RRRB(nn.Module):
         self.fea_conv = nn.Conv2d(ratio * n_feats, ratio * n_feats, 3)  # no padding: see pad_with
         self.reduce_conv = nn.Conv2d(ratio * n_feats, n_feats, 1)
 
+    def folded(self) -> tuple[Tensor, Tensor]:
+        parts = (self.expand_conv, self.fea_conv, self.reduce_conv)
+        return rrrb_kernel(*(t for m in parts for t in (m.weight, m.bias)))  # type: ignore[misc]
+
     def forward(self, x: Tensor) -> Tensor:
+        if self.online_fold:
+            return self.run_folded(x)
         e = self.expand_conv(x)
         y = self.fea_conv(pad_with(e, self.expand_conv.bias)) + e
         return self.reduce_conv(y) + x

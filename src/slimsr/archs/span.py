@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from slimsr.archs._detect import differing, has_all, pixelshuffle_scale
-from slimsr.archs.blocks import DIV2K_MEAN, OneStepUpsampler, conv1x1, conv3x3
+from slimsr.archs.blocks import DIV2K_MEAN, FoldableConv, OneStepUpsampler, conv1x1, conv3x3
 from slimsr.registry import Detection, register_detector, register_family, register_model
 
 NUM_BLOCKS = 6
@@ -81,9 +81,10 @@ def _fold_dtype(t: Tensor) -> torch.dtype:
     return torch.float32 if t.device.type == "mps" else torch.float64  # MPS has no float64
 
 
-class Conv3XC(nn.Module):
+class Conv3XC(FoldableConv):
     """Train-form re-parameterisable 3x3 conv (official `Conv3XC`, keys `sk`, `conv.0..2`,
-    `eval_conv`): the branches in training mode, their fold (`eval_conv`) in eval mode."""
+    `eval_conv`): the branches in training mode (or their fold, recomputed every call, with
+    `online_fold`), the stored fold (`eval_conv`) in eval mode."""
 
     def __init__(self, c_in: int, c_out: int, gain: int = GAIN) -> None:
         super().__init__()
@@ -131,8 +132,13 @@ class Conv3XC(nn.Module):
             self.refold()
         return self
 
+    def folded(self) -> tuple[Tensor, Tensor]:
+        return fold_conv3xc(*self._branches())
+
     def forward(self, x: Tensor) -> Tensor:
         if self.training:
+            if self.online_fold:
+                return self.run_folded(x)
             return self.conv(F.pad(x, (1, 1, 1, 1))) + self.sk(x)
         if self._stale():
             self.refold()

@@ -26,6 +26,13 @@ if these defaults change in a later version).
   step, 1 thread), so math is the default; sdpa is there for GPUs and larger heads.
 - Optimiser: `foreach` (one kernel per step over all parameters instead of a Python loop
   over them) for Adam-family optimisers; OBProx-SG has its own loop.
+- Online fold (train forms with re-parameterisable blocks: FMEN's RRRBs, SPAN's Conv3XC):
+  each block runs as the one 3x3 conv it equals, its kernel folded from the branch weights
+  in every forward (`slimsr.archs.blocks.FoldableConv`). Same function of the inputs and the
+  parameters, so the same gradients; the state dict stays the train form's. Measured on the
+  training step (docs/training.md, "Fast paths of the training step"), so "auto" folds every
+  network that has such blocks; a run checkpointed before this option existed keeps the
+  branches.
 - Compile: `torch.compile` (inductor) of the training forward, with fixed shapes; validation
   and the teacher stay eager, so their other image sizes never recompile it. Measured on the
   training step (`benchmarks/bench_train.py --models ... --compile`, 1 thread, compiled /
@@ -49,6 +56,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from slimsr.archs.blocks import has_foldable_convs, set_online_fold
 from slimsr.errors import SlimsrError
 from slimsr.registry import ModelInfo
 
@@ -87,6 +95,8 @@ class StepPlan:
     """None for optimisers with their own step (OBProx-SG)."""
     compile: bool = False
     """True: the training forward runs through `torch.compile` (see `step_forward`)."""
+    online_fold: bool = False
+    """True: re-parameterisable blocks run as their folded conv (module doc)."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -158,19 +168,24 @@ def resolve_plan(
             "backend builds C++ kernels) and none was found (g++, or $CXX); install one or "
             "set train.fast_path.compile: false"
         )
+    # a run saved before the option existed ran its branches: it keeps them on "auto"
+    fold_default = has_foldable_convs(net) and (not saved or "online_fold" in saved)
+    online_fold = bool(pick("online_fold", fold_default)) and has_foldable_convs(net)
     return StepPlan(
         memory_format=pick("memory_format", default_memory_format(info, device)),
         attention=attention,
         optimizer_impl=impl,
         compile=compiled,
+        online_fold=online_fold,
     )
 
 
 def apply_plan(net: nn.Module, plan: StepPlan) -> None:
-    """Put the network in the plan's memory format and attention kernel (in place)."""
+    """Put the network in the plan's memory format, attention kernel and fold mode (in place)."""
     net.to(memory_format=plan.torch_memory_format)
     if plan.attention is not None:
         net.set_attention(plan.attention)  # type: ignore[operator]
+    set_online_fold(net, plan.online_fold)
 
 
 def step_forward(forward: nn.Module, plan: StepPlan) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -35,6 +35,10 @@ RESUMABLE_CHANGES = (
     "model.pretrained",
     "model.pretrained_strict",
     "model.param_key",
+    # how a step computes, not what: the same maths, other float rounding (a resumed run that
+    # changes one is no longer bit-exact against an uninterrupted run; the log records it)
+    "train.fast_path.online_fold",
+    "train.fast_path.compile",
 )
 
 LOCATION_KEYS = ("output_dir", "name")
