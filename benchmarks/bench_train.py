@@ -84,6 +84,7 @@ VARIANTS: dict[str, list[str]] = {
     "compiled": ["train.fast_path.compile=on"],
     "unfolded": ["train.fast_path.online_fold=off"],
     "folded": ["train.fast_path.online_fold=on"],
+    "bf16": ["train.precision=bf16"],
 }
 """Fast-path settings a --models row runs with (--compile, --online-fold compare two)."""
 MODEL_BASE = "bsrn_s_x4_quick_cpu"  # the fixed recipe of --models: its loss, optimiser, data
@@ -294,13 +295,15 @@ def run_models(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         images = Path(tmp) / "images"
         synthetic_images(images, 24, 320)
-        base, other = ("unfolded", "folded") if args.online_fold else ("", "compiled")
+        base, other = ("", "bf16") if args.bf16 else ("", "compiled")
+        if args.online_fold:
+            base, other = "unfolded", "folded"
         for name in args.models_list or MODELS:
             rows.append(
                 bench_model(name, images, Path(tmp) / "runs", args, batch, max(peaks), base)
             )
             print(json.dumps(rows[-1]), file=sys.stderr)
-            if args.compile or args.online_fold:  # side by side with the row just measured
+            if args.compile or args.online_fold or args.bf16:  # beside the row just measured
                 first = rows[-1]
                 rows.append(
                     bench_model(name, images, Path(tmp) / "runs", args, batch, max(peaks), other)
@@ -520,6 +523,11 @@ def main() -> None:
         default=None,
         metavar="MODEL",
         help=f"efficiency of these models on a fixed small recipe (none given: {' '.join(MODELS)})",
+    )
+    parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="--models: each model in fp32, then with train.precision=bf16, side by side",
     )
     parser.add_argument(
         "--online-fold",

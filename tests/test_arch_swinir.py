@@ -348,3 +348,38 @@ def test_invalid_configs_are_rejected() -> None:
         SwinIR(2, embed_dim=20, num_heads=(6, 6, 6, 6))
     with pytest.raises(ValueError, match="nearest"):
         SwinIR(3, upsampler="nearest+conv")
+
+
+def test_masked_pairs_get_exact_zeros_not_subnormals(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The official -100 gives masked pairs exp(-100) ~ 4e-44, a float32 subnormal, which x86
+    CPUs compute on 10-100x slower (the training backward doubled SwinIRmini's step): they
+    must come out of the softmax as exact zeros, and the output must not change."""
+    import slimsr.archs.swinir as swinir
+
+    def probabilities(net: SwinIR) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        seen: list[torch.Tensor] = []
+        hooks = [
+            m.attn_drop.register_forward_hook(lambda _m, inp, _o: seen.append(inp[0].detach()))
+            for m in net.modules()
+            if isinstance(m, swinir.WindowAttention)
+        ]
+        torch.manual_seed(1)
+        y = net(torch.rand(2, 3, 24, 40))  # not img_size: the runtime-built mask
+        for h in hooks:
+            h.remove()
+        return y.detach(), seen
+
+    torch.manual_seed(0)
+    net = swinir.SwinIR(2, embed_dim=24, depths=(2, 2), num_heads=(6, 6), window_size=8)
+    net.set_attention("math")
+    tiny = torch.finfo(torch.float32).tiny
+    y, probs = probabilities(net.train())
+    shifted = [p for p in probs if (p == 0).any()]
+    assert shifted, "no shifted block masked a pair"
+    for p in probs:
+        assert not ((p != 0) & (p.abs() < tiny)).any()
+    # the official value, unconverted: subnormals appear, and the output is the same
+    monkeypatch.setattr(swinir, "masked_as_minus_inf", lambda mask: mask)
+    y_official, probs_official = probabilities(net)
+    assert any(((p != 0) & (p.abs() < tiny)).any() for p in probs_official)
+    assert torch.allclose(y, y_official, rtol=0, atol=1e-6)

@@ -112,6 +112,17 @@ def _shift_bands(length: Any, window: int, shift: int, device: torch.device | No
     return (pos >= length - window).long() + (pos >= length - shift).long()
 
 
+def masked_as_minus_inf(mask: Tensor) -> Tensor:
+    """The mask with its masked pairs (the official -100) as -inf.
+
+    Softmax then gives those pairs exactly 0 instead of exp(-100) ~ 4e-44, a subnormal float32:
+    x86 CPUs compute on subnormals 10-100x slower, and the training backward multiplies by them
+    in every shifted block (SwinIRmini's training step measured ~2x as long with -100). The
+    outputs are the same to float32 rounding (the dropped terms are ~1e-44 of their sums).
+    """
+    return mask.masked_fill(mask <= MASK_VALUE, float("-inf"))
+
+
 def shifted_window_mask(
     h: Any,
     w: Any,
@@ -212,7 +223,7 @@ class WindowAttention(nn.Module):
         bias = self.position_bias()
         windows = 1 if mask is None else mask.shape[0]
         if mask is not None:
-            bias = bias[None] + mask[:, None]
+            bias = bias[None] + masked_as_minus_inf(mask)[:, None]
         if self.use_sdpa:
             out = self._sdpa(q, k, v, bias.reshape(windows, heads, n, n), windows)
         else:
