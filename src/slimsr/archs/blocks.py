@@ -46,6 +46,47 @@ def conv3x3(in_ch: int, out_ch: int, bias: bool = True) -> nn.Conv2d:
     return nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=bias)
 
 
+def channels_last_view(x: Tensor) -> Tensor | None:
+    """A channels-last 4-D map as the dense (N, H, W, C) tensor it is in memory, or None for
+    any other layout (a contiguous map, a map with one channel or pixel, which is both)."""
+    if (
+        x.dim() == 4
+        and not x.is_contiguous()
+        and x.is_contiguous(memory_format=torch.channels_last)
+    ):
+        return x.permute(0, 2, 3, 1)
+    return None
+
+
+def gelu(x: Tensor, inplace: bool = False) -> Tensor:
+    """Exact (erf) GELU, channels-last maps computed through their dense view.
+
+    ATen's GELU runs 1.5-1.9x slower on a channels-last tensor than on the same memory viewed
+    as contiguous, forward and backward (torch 2.13 CPU, 16x60x32x32; ReLU, sigmoid and add
+    show no such gap): a channels-last map takes its element-by-element path, a dense one the
+    vectorised kernel. The two differ by float rounding only (their erf approximations, up to
+    ~1e-6 absolute); the result keeps the input's layout.
+    """
+    dense = channels_last_view(x)
+    if dense is None:
+        return torch.ops.aten.gelu_(x) if inplace else F.gelu(x)
+    if inplace:
+        torch.ops.aten.gelu_(dense)
+        return x
+    return F.gelu(dense).permute(0, 3, 1, 2)
+
+
+class GELU(nn.GELU):
+    """`nn.GELU` (exact form) through `gelu`: the same module and state, the same output to
+    float rounding, faster on channels-last maps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return gelu(x)
+
+
 class FoldableConv(nn.Module):
     """A train-time block that computes exactly one 3x3 conv (FMEN's RRRB, SPAN's Conv3XC).
 

@@ -23,6 +23,7 @@ from slimsr.archs._detect import has_all, indices, pixelshuffle_scale
 from slimsr.archs._switches import choose, flag
 from slimsr.archs.blocks import (
     ESA,
+    GELU,
     BSConvS,
     BSConvU,
     CCALayer,
@@ -42,7 +43,7 @@ LAYOUTS = ("bsrn", "bsrn_s")
 CONVS = ("bsconvu", "bsconvs", "dsconv")
 """Table 1 of the paper: the 3x3 decomposition used everywhere (stem, blocks, ESA, fusion)."""
 ACTS: dict[str, Callable[[], nn.Module]] = {
-    "gelu": nn.GELU,
+    "gelu": GELU,
     "relu": nn.ReLU,
     # The paper gives no slope; 0.05 is RFDN's, the network BSRN is derived from.
     "lrelu": partial(nn.LeakyReLU, 0.05),

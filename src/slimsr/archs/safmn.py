@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from slimsr.archs._detect import differing, has_all, indices, pixelshuffle_scale
-from slimsr.archs.blocks import conv1x1, conv3x3, nearest_resize, pool_to_fraction
+from slimsr.archs.blocks import GELU, conv1x1, conv3x3, nearest_resize, pool_to_fraction
 from slimsr.registry import Detection, register_detector, register_family, register_model
 
 N_LEVELS = 4
@@ -74,7 +74,7 @@ class SAFM(nn.Module):
             nn.Conv2d(chunk, chunk, 3, padding=1, groups=chunk, bias=bias) for _ in range(N_LEVELS)
         )
         self.aggr = conv1x1(dim, dim, bias=bias)
-        self.act = nn.GELU()
+        self.act = GELU()
         self.first_level = first_level
 
     def forward(self, x: Tensor) -> Tensor:
@@ -94,7 +94,7 @@ class CCM(nn.Module):
         super().__init__()
         hidden = int(dim * growth)
         self.ccm = nn.Sequential(
-            conv3x3(dim, hidden, bias=bias), nn.GELU(), conv1x1(hidden, dim, bias=bias)
+            conv3x3(dim, hidden, bias=bias), GELU(), conv1x1(hidden, dim, bias=bias)
         )
 
     def forward(self, x: Tensor) -> Tensor:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from slimsr.archs._detect import differing, has_all, indices, pixelshuffle_scale
-from slimsr.archs.blocks import conv1x1, conv3x3, nearest_resize, pool_to_fraction
+from slimsr.archs.blocks import GELU, conv1x1, conv3x3, nearest_resize, pool_to_fraction
 from slimsr.registry import Detection, register_detector, register_family, register_model
 
 
@@ -30,7 +30,7 @@ class DMlp(nn.Module):
         self.conv_0 = nn.Sequential(
             nn.Conv2d(dim, hidden, 3, padding=1, groups=dim), conv1x1(hidden, hidden)
         )
-        self.act = nn.GELU()
+        self.act = GELU()
         self.conv_1 = conv1x1(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -49,7 +49,7 @@ class PCFN(nn.Module):
         self.hidden_dim = hidden
         self.conv_0 = conv1x1(dim, hidden)
         self.conv_1 = conv3x3(self.p_dim, self.p_dim)
-        self.act = nn.GELU()
+        self.act = GELU()
         self.conv_2 = conv1x1(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -71,7 +71,7 @@ class SMFA(nn.Module):
         self.linear_2 = conv1x1(dim, dim)
         self.lde = DMlp(dim, 2.0)
         self.dw_conv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
-        self.gelu = nn.GELU()
+        self.gelu = GELU()
         self.alpha = nn.Parameter(torch.ones(1, dim, 1, 1))
         self.belt = nn.Parameter(torch.zeros(1, dim, 1, 1))
 

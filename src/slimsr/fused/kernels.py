@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from slimsr.archs.blocks import gelu
+
 _ONEDNN_FUSION = torch.backends.mkldnn.is_available() and hasattr(
     torch.ops.mkldnn, "_convolution_pointwise"
 )
@@ -52,7 +54,7 @@ class Act:
     def __call__(self, t: Tensor) -> Tensor:
         """Applied in place; returns `t`."""
         if self.kind == "gelu":
-            return torch.ops.aten.gelu_(t)
+            return gelu(t, inplace=True)
         if self.kind == "relu":
             return t.relu_()
         if self.kind == "leaky_relu":
