@@ -29,6 +29,8 @@ thread count, measured before and after the models (the higher is used).
         --threads 1 --json benchmarks/results/train_compile_cpu1.json  # eager vs torch.compile
     OMP_NUM_THREADS=1 python benchmarks/bench_train.py --models fmen_s_train span_train \
         --online-fold --threads 1 --batch 16 --json benchmarks/results/train_online_fold_cpu1.json
+    OMP_NUM_THREADS=1 python benchmarks/bench_train.py --models bsrn edsrmini --bf16 --scale 2 \
+        --threads 1 --batch 16   # fp32 vs train.precision=bf16, side by side
 
 --distill compares, in one run and on the same recipe (EDSRmini x2 student, batch 16 of 32 px
 LR patches unless --batch/--patch say otherwise), a plain step, a distillation step whose
