@@ -76,6 +76,11 @@ def gelu(x: Tensor, inplace: bool = False) -> Tensor:
     return F.gelu(dense).permute(0, 3, 1, 2)
 
 
+# a leaf for torch.fx: tracers (the plain-op graph check of INT8 export) see one GELU call,
+# not the layout test inside it
+torch.fx.wrap("gelu")
+
+
 class GELU(nn.GELU):
     """`nn.GELU` (exact form) through `gelu`: the same module and state, the same output to
     float rounding, faster on channels-last maps."""
