@@ -64,6 +64,7 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
+from slimsr.archs.blocks import has_foldable_convs
 from slimsr.factory import create_model
 from slimsr.profile import complexity
 from slimsr.registry import get_model_info
@@ -221,8 +222,12 @@ def bench_model(
         recipe=MODEL_BASE,
         extra=extra,
     )
-    # a folded step runs the deploy form's convolutions: count those, not the branches'
-    counted = (get_model_info(name).deploy_form or name) if variant == "folded" else name
+    # a folded step runs the deploy form's convolutions: count those, not the branches' (a
+    # new run folds on "auto" wherever the network has blocks to fold)
+    folds = variant == "folded" or (
+        variant != "unfolded" and has_foldable_convs(create_model(name, args.scale).net)
+    )
+    counted = (get_model_info(name).deploy_form or name) if folds else name
     macs = complexity(create_model(counted, args.scale).net, (args.patch, args.patch)).flops["macs"]
     samples_s = batch / row["step_s"]
     gflops = 3 * 2 * macs * samples_s / 1e9
@@ -526,17 +531,18 @@ def main() -> None:
         metavar="MODEL",
         help=f"efficiency of these models on a fixed small recipe (none given: {' '.join(MODELS)})",
     )
-    parser.add_argument(
+    pair = parser.add_mutually_exclusive_group()  # one side-by-side comparison per run
+    pair.add_argument(
         "--bf16",
         action="store_true",
         help="--models: each model in fp32, then with train.precision=bf16, side by side",
     )
-    parser.add_argument(
+    pair.add_argument(
         "--online-fold",
         action="store_true",
         help="--models: each model with train.fast_path.online_fold off, then on, side by side",
     )
-    parser.add_argument(
+    pair.add_argument(
         "--compile",
         action="store_true",
         help="--models: each model also with train.fast_path.compile=on, side by side",

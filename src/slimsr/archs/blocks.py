@@ -5,6 +5,7 @@ Module attribute names follow the official code so that state-dict keys stay off
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from typing import Any
@@ -95,8 +96,8 @@ class GELU(nn.GELU):
 class FoldableConv(nn.Module):
     """A train-time block that computes exactly one 3x3 conv (FMEN's RRRB, SPAN's Conv3XC).
 
-    With `online_fold` set (`set_online_fold`, the training fast path) the block runs as that
-    conv: its kernel is folded from the branch weights on every call, differentiably, and
+    With `online_fold` set (`set_online_fold`, the training fast path) the block runs, in
+    training mode, as that conv: its kernel is folded from the branch weights on every call, differentiably, and
     applied once. The function of the inputs and the parameters is the same as the branches'
     (so are the gradients, up to float rounding), but a step does the deploy form's
     convolutions instead of the wider expanded ones: online re-parameterisation (Hu et al.,
@@ -111,9 +112,21 @@ class FoldableConv(nn.Module):
 
     def run_folded(self, x: Tensor) -> Tensor:
         # the fold's products stay in the weights' precision; only the conv runs under autocast
-        with torch.autocast(x.device.type, enabled=False):
+        with _autocast_off(x.device.type):
             weight, bias = self.folded()
         return F.conv2d(x, weight, bias, padding=1)
+
+
+def _autocast_off(device_type: str) -> contextlib.AbstractContextManager[object]:
+    """Autocast switched off where it is on; else nothing (`torch.autocast` itself refuses
+    device types it does not know, e.g. "meta", or "mps" on older torch, even disabled)."""
+    try:
+        on = torch.is_autocast_enabled(device_type)
+    except (TypeError, RuntimeError):  # torch < 2.4: no per-device query
+        on = (
+            torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+        )
+    return torch.autocast(device_type, enabled=False) if on else contextlib.nullcontext()
 
 
 def set_online_fold(net: nn.Module, on: bool) -> int:

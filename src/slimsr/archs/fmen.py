@@ -99,7 +99,7 @@ class RRRB(FoldableConv):
     """Residual-in-residual re-parameterisable block: stands in for one 3x3 conv while training.
 
     out = reduce(fea(pad(expand(x))) + expand(x)) + x; all three convs fold into one 3x3 conv
-    (`rrrb_kernel`), which `online_fold` runs instead of the three.
+    (`rrrb_kernel`), which `online_fold` runs instead of the three while training.
     """
 
     def __init__(self, n_feats: int, ratio: int = 2) -> None:
@@ -113,7 +113,7 @@ class RRRB(FoldableConv):
         return rrrb_kernel(*(t for m in parts for t in (m.weight, m.bias)))  # type: ignore[misc]
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.online_fold:
+        if self.training and self.online_fold:
             return self.run_folded(x)
         e = self.expand_conv(x)
         y = self.fea_conv(pad_with(e, self.expand_conv.bias)) + e

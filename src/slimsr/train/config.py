@@ -342,7 +342,8 @@ class FastPathConfig(Section):
         "auto",
         description="Run re-parameterisable train-time blocks (FMEN RRRB, SPAN Conv3XC) as the "
         "one conv they equal, folded every step: true/false; auto: on where the network has "
-        "them (same function and gradients, fewer FLOPs).",
+        "them (same function and gradients, fewer FLOPs), except in a resumed run saved "
+        "before this option existed.",
     )
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from PIL import Image as PILImage
 
+from slimsr.archs.blocks import set_online_fold
 from slimsr.errors import SlimsrError
 from slimsr.train.config import TrainConfig
 
@@ -254,6 +255,9 @@ def estimate_memory(config: TrainConfig, *, batch_size: int | None = None) -> Me
     patch, scale = d.patch_size, config.model.scale
     m = config.model
     model = create_model(m.name, scale, **m.kwargs)
+    # a new run folds re-parameterisable blocks unless told not to (train/fastpath.py): its
+    # autograd then keeps the folded convs' inputs, not the wider branches'
+    set_online_fold(model.net, config.train.fast_path.online_fold is not False)
     n_params = sum(p.numel() for p in model.net.parameters() if p.requires_grad)
     states = 2  # Adam / AdamW / Adamax moments; OBProx-SG keeps no more
     copies = 2 + states + (1 if config.train.ema is not None else 0)
