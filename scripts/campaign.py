@@ -16,7 +16,8 @@ artefacts (`density.json` and its per-layer plot, `compact.json`, `student.safet
 whole `train.jsonl`, the newest checkpoint (the complete training state: weights, EMA,
 optimiser, schedule, data stream position, random generators) and the best validated snapshot
 (`weights/best.*`); for a finished stage, its final weights (`weights/final*.safetensors`, the
-start of a next stage) instead of a training state, which nothing needs any more. It leaves
+start of a next stage and what `scripts/ship_trained.py` ships) instead of a training state,
+which nothing needs any more, and of the best snapshot's weights (its `best.json` record stays). It leaves
 out what is rebuilt on demand (the teacher cache, tensorboard files, older checkpoints) and
 writes `PROGRESS.md`, the run's curve in a table; sections written by hand into the saved
 `PROGRESS.md` (e.g. "## State and next step") are kept at its end by the next `save`, so the
@@ -205,6 +206,9 @@ def save(run: Path, dest: Path) -> None:
             if stale.name != keep:  # needs; a finished one needs none (megabytes in git)
                 stale.unlink()
         for best in sorted((folder / "weights").glob("best.*")):
+            if final and best.suffix != ".json":  # a finished stage ships and continues from
+                (dest / rel / "weights" / best.name).unlink(missing_ok=True)  # its final
+                continue  # weights, never the Set5-selected best: its record stays, not its MB
             copy_file(best, dest / rel / "weights" / best.name)
     parts = [summary(f) for f in folders]
     progress = dest / "PROGRESS.md"

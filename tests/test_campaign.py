@@ -73,6 +73,14 @@ def test_saved_run_restored_in_a_new_place_continues_bit_exactly(
     assert stop.value.code == 2
     assert "newer" in capsys.readouterr().err
 
+    # saved again once finished, the leg's folder drops its state and its best snapshot's
+    # weights (megabytes nothing reads: the final weights are shipped), keeping the record
+    campaign.save(resumed.run_dir, saved)
+    assert not list((saved / "checkpoints").glob("*.pt"))
+    assert not (saved / "weights" / "best.safetensors").exists()
+    assert (saved / "weights" / "best.json").is_file()
+    assert (saved / "weights" / "final.safetensors").is_file()
+
 
 def test_save_keeps_hand_written_sections_and_rewrites_its_own(tmp_path: Path) -> None:
     """The notes a session adds to PROGRESS.md (the state, the resume command) survive the next
