@@ -4,7 +4,8 @@ exp(-100) ~ 4e-44 is a subnormal float32; x86 CPUs compute on subnormals far slo
 shifted block's softmax produces one per masked pair, which the backward then multiplies. slimsr
 turns the masked pairs into -inf at use (`slimsr.archs.swinir.masked_as_minus_inf`); this
 measures what that buys, both variants interleaved round by round in one process (forward,
-L1 loss, backward and an Adam step on random data; medians of per-round ratios).
+L1 loss, backward and an Adam step on random data; `bench_int8.measure`'s alternating order;
+medians of per-round ratios).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_swinir_mask.py --threads 1 \\
         --json benchmarks/results/swinir_mask_cpu1.json
@@ -15,23 +16,23 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from bench_int8 import measure
+from torch import Tensor
 
 import slimsr.archs.swinir as swinir
 from slimsr.factory import create_model
+from slimsr.fileio import atomic_write_text
 
 
-def step_time(
-    net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor
-) -> float:
-    t = time.perf_counter()
+def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor) -> None:
+    """One training step: forward, L1 loss, backward, Adam."""
     opt.zero_grad(set_to_none=True)
     (net(x) - y).abs().mean().backward()
     opt.step()
-    return time.perf_counter() - t
 
 
 def main() -> None:
@@ -54,16 +55,18 @@ def main() -> None:
     y = torch.rand(args.batch, 3, args.patch * args.scale, args.patch * args.scale)
     convert = swinir.masked_as_minus_inf
     variants = {"official -100": lambda mask: mask, "-inf (slimsr)": convert}
-    times: dict[str, list[float]] = {k: [] for k in variants}
     amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16)
-    for r in range(args.rounds + 1):
-        order = list(variants) if r % 2 == 0 else list(reversed(variants))
-        for name in order:
-            swinir.masked_as_minus_inf = variants[name]
+
+    def step_with(variant: Callable[[Tensor], Tensor]) -> Callable[[], None]:
+        def step() -> None:
+            swinir.masked_as_minus_inf = variant
             with amp:
-                t = step_time(net, opt, x, y)
-            if r > 0:  # round 0 warms both up
-                times[name].append(t)
+                train_step(net, opt, x, y)
+
+        return step
+
+    calls = {name: step_with(variant) for name, variant in variants.items()}
+    times = measure(calls, warmup=1, repeats=args.rounds, settle=0.0)
     swinir.masked_as_minus_inf = convert
     ratios = [a / b for a, b in zip(times["-inf (slimsr)"], times["official -100"])]
     row = {
@@ -73,8 +76,8 @@ def main() -> None:
         "patch": args.patch,
         "threads": args.threads,
         "bf16": args.bf16,
-        "official_ms": 1000 * statistics.median(times["official -100"]),
-        "minus_inf_ms": 1000 * statistics.median(times["-inf (slimsr)"]),
+        "official_ms": statistics.median(times["official -100"]),
+        "minus_inf_ms": statistics.median(times["-inf (slimsr)"]),
         "ratio_median": statistics.median(ratios),
         "ratios": ratios,
         "torch": torch.__version__,
@@ -86,8 +89,7 @@ def main() -> None:
     )
     if args.json is not None:
         rows = json.loads(args.json.read_text())["rows"] if args.json.is_file() else []
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"rows": [*rows, row]}, indent=2) + "\n")
+        atomic_write_text(args.json, json.dumps({"rows": [*rows, row]}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
