@@ -24,7 +24,8 @@ from slimsr.imaging import write_image
 from tests.conftest import run_here
 
 SUMMARY = "image(s) failed (see above)"
-"""The only second line allowed: the summary after per-image errors."""
+"""The only second line allowed: the summary after per-image errors of a several-image run
+(one image asked for: its error is the only line)."""
 
 
 @pytest.fixture
@@ -106,7 +107,7 @@ CASES: list[tuple[str, list[str], str, int]] = [
     ("info-random-bytes", ["info", "rand.pth"], "not a readable checkpoint", 1),
     ("info-plain-pickle", ["info", "plain.pth"], "plain Python pickle", 1),
     ("info-missing", ["info", "nope.onnx"], "not found", 1),
-    ("corrupt-image", ["upscale", "bad.png", "-o", "out"], "bad.png", 2),
+    ("corrupt-image", ["upscale", "bad.png", "-o", "out"], "bad.png", 1),
     (
         "eval-earlier-results",
         ["eval", "-m", "bicubic", "-s", "2", "--hr", "hr"],
@@ -162,6 +163,16 @@ def test_bad_input_in_a_real_process_with_piped_stderr(workdir, case) -> None:
     )
     assert_one_line_error(out.returncode, out.stderr, needle, lines)
     assert snapshot(workdir) == before
+
+
+def test_a_bad_image_among_good_ones_fails_alone(workdir, capsys) -> None:
+    """Several images: each bad one gets its line, the good ones are written, then one
+    summary line and exit 2 (a batch is not lost to one corrupt file)."""
+    code, out, err = run_here(["upscale", "a.png", "bad.png", "-o", "out"], capsys)
+    assert_one_line_error(code, err, "bad.png", lines=2)
+    assert "1 of 2 image(s) failed" in err.splitlines()[1]
+    assert "upscaled 1 image(s)" in out
+    assert sorted(p.name for p in (workdir / "out").iterdir()) == ["a_x4.png"]  # the default x4
 
 
 def test_piped_success_prints_no_progress_lines(workdir) -> None:

@@ -299,6 +299,8 @@ def upscale_command(
                 progress.update(tiles_task, completed=n_tiles)  # untiled: one pass, no callback
                 done += 1
             except SlimsrError as exc:
+                if len(files) == 1:  # the one image asked for: its error is the command's line
+                    raise
                 failed.append(str(exc))
                 console.print(f"error: {one_line(str(exc))}", soft_wrap=True)
             progress.advance(images_task)
