@@ -97,18 +97,19 @@ class FoldableConv(nn.Module):
     """A train-time block that computes exactly one 3x3 conv (FMEN's RRRB, SPAN's Conv3XC).
 
     With `online_fold` set (`set_online_fold`, the training fast path) the block runs, in
-    training mode, as that conv: its kernel is folded from the branch weights on every call, differentiably, and
-    applied once. The function of the inputs and the parameters is the same as the branches'
-    (so are the gradients, up to float rounding), but a step does the deploy form's
-    convolutions instead of the wider expanded ones: online re-parameterisation (Hu et al.,
-    "Online Convolutional Re-parameterization", CVPR 2022). The state dict does not change.
+    training mode, as that conv: its kernel is folded from the branch weights on every call,
+    differentiably, and applied once. The function of the inputs and the parameters is the
+    same as the branches' (so are the gradients, up to float rounding), but a step does the
+    deploy form's convolutions instead of the wider expanded ones: online re-parameterisation
+    (Hu et al., "Online Convolutional Re-parameterization", CVPR 2022). The state dict does
+    not change.
     """
 
     online_fold: bool = False
 
     def folded(self) -> tuple[Tensor, Tensor]:
         """The (weight, bias) of the one 3x3 conv (padding 1) this block equals."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must say which conv it equals")
 
     def run_folded(self, x: Tensor) -> Tensor:
         # the fold's products stay in the weights' precision; only the conv runs under autocast
