@@ -253,7 +253,10 @@ def main() -> None:
     elif args.command == "restore":
         restore(args.saved, args.to or Path("runs") / args.saved.name)
     else:
-        print(progress_markdown(args.run, [summary(f) for f in training_folders(args.run)]))
+        folders = training_folders(args.run)
+        if not folders:
+            fail(f"{args.run} is not a slimsr run folder (no train.jsonl)")
+        print(progress_markdown(args.run, [summary(f) for f in folders]))
 
 
 if __name__ == "__main__":

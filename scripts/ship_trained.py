@@ -47,6 +47,8 @@ def ship(
     floor: float | None = None,
 ) -> Path:
     """Ship `run`'s final weights into `dest`; the metrics file written."""
+    if not (run / "train.jsonl").is_file():
+        raise SlimsrError(f"{run} is not a slimsr run folder (no train.jsonl)")
     written = finished_weights(run)
     if not written:
         raise SlimsrError(f"{run} has no weights/final.safetensors: the run has not finished")

@@ -129,3 +129,15 @@ def test_leg_hours_sum_each_leg_and_skip_missing_or_odd_times() -> None:
     ]
     assert campaign.leg_hours(log) == pytest.approx(1.5)
     assert campaign.leg_hours([{"event": "start"}]) == 0.0
+
+
+def test_status_of_a_folder_that_is_no_run_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    campaign = load_campaign()
+    monkeypatch.setattr("sys.argv", ["campaign.py", "status", str(tmp_path)])
+    with pytest.raises(SystemExit) as stop:
+        campaign.main()
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a slimsr run folder" in err

@@ -113,5 +113,5 @@ def test_command_line_refuses_bad_input_in_one_line_with_exit_2(tmp_path: Path) 
         )
         assert res.returncode == 2, res.stderr
         assert res.stderr.count("\n") == 1 and res.stderr.startswith("error: ")
-        assert "has not finished" in res.stderr and "Traceback" not in res.stderr
+        assert "not a slimsr run folder" in res.stderr and "Traceback" not in res.stderr
     assert not out.exists()
