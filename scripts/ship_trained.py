@@ -1,7 +1,7 @@
 """Copy a finished `slimsr train` run into the package as a shipped model, with its record.
 
     python scripts/ship_trained.py RUN_DIR --produced-by TEXT [--reference FILE]
-        [--floor DB] [--shared ../shared] [--to DIR]
+        [--floor DB] [--after EARLIER_RUN ...] [--shared ../shared] [--to DIR]
 
 For models trained by slimsr itself (issue 18: FMEN-S x4 in its train-time form, shipped
 re-parameterised). Takes the run's final weights (the EMA when the run kept one; never the
@@ -15,6 +15,11 @@ convs), and writes, under `src/slimsr/weights/trained/` (or `--to`):
   training record from train.jsonl (iterations, legs, hours, it/s), the floor the issue set,
   and `--reference` (e.g. the official weights of the same network) measured the same way.
 
+A model trained in stages (a run whose `model.pretrained` is another run's final weights) names
+the earlier runs with `--after`, oldest first: their training records go into the metrics too,
+so the budget shipped is the whole one, not the last stage's. Each must be the run the next one
+started from (its folder named in that run's `model.pretrained`), or it is refused.
+
 Recorded paths are made portable (shipping.py); every file is written atomically, and only
 after everything is measured. A reference registered under another model name or scale than
 the run's is refused: the comparison must be like for like. Bad input (an unfinished run, a
@@ -24,9 +29,12 @@ missing or mismatched reference, an image that fails) is one line on stderr and 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from pathlib import Path
+from typing import Any
 
+import yaml
 from shipping import REPO_ROOT, copy_portable, copy_portable_weights, measure_y, portable
 
 import slimsr
@@ -38,6 +46,41 @@ from slimsr.train.resume import finished_weights
 TRAINED = REPO_ROOT / "src" / "slimsr" / "weights" / "trained"
 
 
+def training_record(run: Path) -> dict[str, Any]:
+    """Iterations, legs, wall hours, mean speed and best validation of one run's train.jsonl."""
+    record = summary(run)
+    speed = record["it_per_s_mean"]
+    return {
+        "iterations": record["iteration"],
+        "of": record["iterations"],
+        "legs": record["legs"],
+        "hours": record["hours"],
+        "it_per_s_mean": None if speed is None else round(speed, 3),
+        "best_validation": record["best"]
+        and {k: record["best"][k] for k in ("iter", "psnr", "ssim")},
+    }
+
+
+def started_from(run: Path) -> str | None:
+    """The `model.pretrained` file the run's resolved recipe started from, if any."""
+    config = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    return (config.get("model") or {}).get("pretrained")
+
+
+def earlier_stages(run: Path, after: list[Path]) -> list[dict[str, Any]]:
+    """Records of the runs `run` continues, oldest first, each checked to be the one it did."""
+    chain = [*after, run]
+    for earlier, later in itertools.pairwise(chain):
+        if not (earlier / "train.jsonl").is_file():
+            raise SlimsrError(f"{earlier} is not a slimsr run folder (no train.jsonl)")
+        pretrained = started_from(later)
+        if pretrained is None or earlier.resolve().name not in Path(pretrained).parts:
+            raise SlimsrError(
+                f"{later} did not start from {earlier}: its model.pretrained is {pretrained}"
+            )
+    return [{"run": earlier.resolve().name, **training_record(earlier)} for earlier in after]
+
+
 def ship(
     run: Path,
     dest: Path,
@@ -45,10 +88,12 @@ def ship(
     produced_by: str,
     reference: Path | None = None,
     floor: float | None = None,
+    after: list[Path] | None = None,
 ) -> Path:
     """Ship `run`'s final weights into `dest`; the metrics file written."""
     if not (run / "train.jsonl").is_file():
         raise SlimsrError(f"{run} is not a slimsr run folder (no train.jsonl)")
+    stages = earlier_stages(run, after or [])
     written = finished_weights(run)
     if not written:
         raise SlimsrError(f"{run} has no weights/final.safetensors: the run has not finished")
@@ -60,23 +105,18 @@ def ship(
             f"reference {reference} is {ref_model.name} x{ref_model.scale}, "
             f"the run shipped {model.name} x{model.scale}"
         )
-    record = summary(run)
-    speed = record["it_per_s_mean"]
+    training = training_record(run)
+    if stages:
+        training["after"] = stages
+        training["total_iterations"] = training["iterations"] + sum(s["iterations"] for s in stages)
+        training["total_hours"] = round(training["hours"] + sum(s["hours"] for s in stages), 2)
     metrics = {
         "model": model.name,
         "scale": model.scale,
         "params": model.num_parameters(),
         "weights": weights.name,
         "produced_by": produced_by,
-        "training": {
-            "iterations": record["iteration"],
-            "of": record["iterations"],
-            "legs": record["legs"],
-            "hours": record["hours"],
-            "it_per_s_mean": None if speed is None else round(speed, 3),
-            "best_validation": record["best"]
-            and {k: record["best"][k] for k in ("iter", "psnr", "ssim")},
-        },
+        "training": training,
         "protocol": "basicsr (Y of BT.601, border = scale, SR as uint8)",
         "results": measure_y(model.eval(), shared, model.scale),
         "quality_floor_set5": floor,
@@ -103,12 +143,25 @@ def main() -> None:
     parser.add_argument("--produced-by", required=True, help="how the weights were made")
     parser.add_argument("--reference", type=Path, default=None, help="weights to compare with")
     parser.add_argument("--floor", type=float, default=None, help="Set5 PSNR the issue asks")
+    parser.add_argument(
+        "--after",
+        type=Path,
+        action="append",
+        default=[],
+        help="an earlier stage this run continues (repeat, oldest first)",
+    )
     parser.add_argument("--shared", type=Path, default=Path("../shared"))
     parser.add_argument("--to", type=Path, default=TRAINED)
     args = parser.parse_args()
     try:
         path = ship(
-            args.run_dir, args.to, args.shared, args.produced_by, args.reference, args.floor
+            args.run_dir,
+            args.to,
+            args.shared,
+            args.produced_by,
+            args.reference,
+            args.floor,
+            args.after,
         )
     except SlimsrError as exc:  # bad input: one line, exit 2, nothing written
         fail(str(exc))

@@ -81,6 +81,30 @@ def test_train_form_run_ships_its_deploy_form_with_record_and_metrics(tmp_path: 
     assert (dest / "fmen_s_x2.json").is_file()
 
 
+def test_a_second_stage_ships_with_the_record_of_the_stage_it_continued(tmp_path: Path) -> None:
+    ship_trained = load_ship_trained()
+    first = train(load_config(tiny_recipe(tmp_path, "stage1"))).run_dir
+    start = first / "weights" / "final.safetensors"
+    over = {"model__pretrained": str(start), "train__iterations": 4}
+    second = train(load_config(tiny_recipe(tmp_path, "stage2", **over))).run_dir
+    shared = small_shared(tmp_path / "shared")
+
+    path = ship_trained.ship(second, tmp_path / "out", shared, "two stages", after=[first])
+    training = json.loads(path.read_text())["training"]
+    assert training["iterations"] == 4  # the last stage's own record stays as it was
+    (earlier,) = training["after"]
+    assert earlier["run"] == "stage1" and earlier["iterations"] == earlier["of"] == 8
+    assert training["total_iterations"] == 12
+    assert training["total_hours"] == pytest.approx(training["hours"] + earlier["hours"])
+    # a run the shipped one did not start from is not its earlier stage
+    unrelated = train(load_config(tiny_recipe(tmp_path, "other"))).run_dir
+    with pytest.raises(SlimsrError, match="did not start from"):
+        ship_trained.ship(second, tmp_path / "out2", shared, "t", after=[unrelated])
+    with pytest.raises(SlimsrError, match="did not start from"):
+        ship_trained.ship(first, tmp_path / "out2", shared, "t", after=[second])
+    assert not (tmp_path / "out2").exists()
+
+
 def test_unfinished_run_or_other_reference_is_refused(tmp_path: Path) -> None:
     ship_trained = load_ship_trained()
     recipe = tiny_recipe(tmp_path, "edsr")
