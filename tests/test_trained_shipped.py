@@ -28,9 +28,14 @@ def test_fmen_s_x4_is_the_folded_form_of_a_finished_run_and_reproduces_its_metri
     assert shipped_path("fmen_s", None) == path  # `slimsr upscale -m fmen_s` needs no --weights
     metrics = json.loads((TRAINED / "fmen_s_x4.metrics.json").read_text())
     training = metrics["training"]
-    assert training["iterations"] == training["of"] == 50_000  # a finished run, not a snapshot
+    # two finished runs, not a snapshot: stage 2 (LR patch 64) continued stage 1's final weights
+    assert training["iterations"] == training["of"] == 10_000
+    (stage1,) = training["after"]
+    assert stage1["iterations"] == stage1["of"] == 50_000
+    assert training["total_iterations"] == 60_000
     config = (TRAINED / "fmen_s_x4.config.yaml").read_text()
     assert "name: fmen_s_train" in config  # trained in its train-time form
+    assert "pretrained: campaign/campaign_fmen_s_x4_bf16/weights/final.safetensors" in config
     res = evaluate_dataset(model, dataset_from_root(shared_file("datasets", "Set5"), 4), 4)
     recorded = metrics["results"]["Set5"]
     assert res.mean("psnr") == pytest.approx(recorded["psnr"], abs=2e-3)
