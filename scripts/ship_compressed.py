@@ -49,6 +49,9 @@ PAPER = {
 }
 
 
+RECORDS = ("compress.yaml", "density.json", "report.json")
+"""The run's records shipped beside the weights: its resolved recipe, measured density, report."""
+
 _DESCRIPTION_KEYS = {
     "format",
     "version",
@@ -95,6 +98,9 @@ def ship(run: Path, dest: Path, shared: Path, produced_by: str, name: str | None
     student = run / "student.safetensors"
     if not student.is_file():
         raise SlimsrError(f"{student} does not exist: the run has not finished stage 3")
+    missing = [s for s in RECORDS if not (run / s).is_file()]
+    if missing:
+        raise SlimsrError(f"{run} lacks {', '.join(missing)}: not a whole compress run")
     if name is not None and not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         raise SlimsrError(f"--name {name!r} is not a plain lower-case file stem")
     model = slimsr.load(student)
@@ -115,7 +121,7 @@ def ship(run: Path, dest: Path, shared: Path, produced_by: str, name: str | None
     # everything measured: only now is anything written, so a failure leaves no half-ship
     dest.mkdir(parents=True, exist_ok=True)
     write_slim_weights(model, meta, dest / f"{stem}.safetensors")
-    for suffix in ("compress.yaml", "density.json", "report.json"):
+    for suffix in RECORDS:
         copy_portable(run / suffix, dest / f"{stem}.{suffix}", shared)
     path = dest / f"{stem}.metrics.json"
     atomic_write_text(path, json.dumps(metrics, indent=2) + "\n")

@@ -87,6 +87,13 @@ def test_bad_input_is_refused_before_anything_is_written(
     with pytest.raises(SlimsrError, match="B100: 1 of 3 images failed"):
         ship(compressed_run, out, shared, "t")
     assert not out.exists()
+    (compressed_run / "report.json").rename(tmp_path / "report.json")
+    try:
+        with pytest.raises(SlimsrError, match=r"lacks report\.json: not a whole compress run"):
+            ship(compressed_run, out, shared, "t")
+    finally:
+        (tmp_path / "report.json").rename(compressed_run / "report.json")
+    assert not out.exists()
     res = subprocess.run(
         [sys.executable, str(SCRIPT), str(tmp_path), "--produced-by", "t", "--to", str(out)],
         capture_output=True,
