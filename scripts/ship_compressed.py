@@ -18,8 +18,9 @@ exactly the same state.
 `{name}` is the student's registered name (edsrmini, swinirmini) unless `--name` says
 otherwise: a compact model of the original's own family (BSRN sized down to BSRNmini) is
 registered under the original's name with smaller kwargs, and ships as `--name bsrnmini`.
-Bad input (an unfinished run, a name that is not a plain file stem, an image that fails) is
-one line on stderr and exit 2; everything is measured before anything is written.
+Bad input (an unfinished run or one missing its records, a name that is not a plain file stem
+or is another registered model's, an image that fails) is one line on stderr and exit 2;
+everything is measured before anything is written.
 """
 
 from __future__ import annotations
@@ -103,7 +104,14 @@ def ship(run: Path, dest: Path, shared: Path, produced_by: str, name: str | None
         raise SlimsrError(f"{run} lacks {', '.join(missing)}: not a whole compress run")
     if name is not None and not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         raise SlimsrError(f"--name {name!r} is not a plain lower-case file stem")
+    if name is not None and re.search(r"_x\d+$", name):
+        raise SlimsrError(f"--name {name!r} ends in a scale: the _x<scale> suffix is added")
     model = slimsr.load(student)
+    if name is not None and name != model.name and name in slimsr.list_models():
+        # shipping under another registered model's name would overwrite that model's files
+        raise SlimsrError(
+            f"--name {name!r} is another registered model; the student is {model.name}"
+        )
     stem = f"{name or model.name}_x{model.scale}"
     meta = portable_meta(read_checkpoint(student).meta or {}, shared)
     metrics = {
@@ -116,7 +124,9 @@ def ship(run: Path, dest: Path, shared: Path, produced_by: str, name: str | None
         "protocol": "basicsr (Y of BT.601, border = scale, SR as uint8); LR by MATLAB-exact bicubic",
         "results": measure_y(model, shared, model.scale),
         # Table I is x2 only: other scales have no published figure to stand beside.
-        "paper (Jiang et al. 2024, Table I)": PAPER.get(model.name, {}) if model.scale == 2 else {},
+        "paper (Jiang et al. 2024, Table I)": PAPER.get(name or model.name, {})
+        if model.scale == 2
+        else {},
     }
     # everything measured: only now is anything written, so a failure leaves no half-ship
     dest.mkdir(parents=True, exist_ok=True)
@@ -138,7 +148,7 @@ def main() -> None:
     args = parser.parse_args()
     try:
         path = ship(args.run_dir, args.to, args.shared, args.produced_by, args.name)
-    except SlimsrError as exc:  # bad input: one line, exit 2, nothing written
+    except (SlimsrError, OSError) as exc:  # bad input: one line, exit 2, nothing written
         fail(str(exc))
     print(json.dumps(json.loads(path.read_text())["results"], indent=2))
 

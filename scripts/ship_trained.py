@@ -18,12 +18,14 @@ convs), and writes, under `src/slimsr/weights/trained/` (or `--to`):
 A model trained in stages (a run whose `model.pretrained` is another run's final weights) names
 the earlier runs with `--after`, oldest first: their training records go into the metrics too,
 so the budget shipped is the whole one, not the last stage's. Each must be the run the next one
-started from (its folder named in that run's `model.pretrained`), or it is refused.
+started from (that run's `model.pretrained` is `<its folder>/weights/final*.safetensors`, the
+same bytes where the file is still there), or it is refused.
 
 Recorded paths are made portable (shipping.py); every file is written atomically, and only
 after everything is measured. A reference registered under another model name or scale than
 the run's is refused: the comparison must be like for like. Bad input (an unfinished run, a
-missing or mismatched reference, an image that fails) is one line on stderr and exit 2.
+missing or mismatched reference, an earlier stage the run did not continue, an unreadable
+recipe or log, an image that fails) is one line on stderr and exit 2.
 """
 
 from __future__ import annotations
@@ -38,9 +40,9 @@ import yaml
 from shipping import REPO_ROOT, copy_portable, copy_portable_weights, measure_y, portable
 
 import slimsr
-from campaign import fail, summary
+from campaign import events, fail, leg_hours, summary
 from slimsr.errors import SlimsrError
-from slimsr.fileio import atomic_write_text
+from slimsr.fileio import atomic_write_text, file_sha256
 from slimsr.train.resume import finished_weights
 
 TRAINED = REPO_ROOT / "src" / "slimsr" / "weights" / "trained"
@@ -48,35 +50,70 @@ TRAINED = REPO_ROOT / "src" / "slimsr" / "weights" / "trained"
 
 def training_record(run: Path) -> dict[str, Any]:
     """Iterations, legs, wall hours, mean speed and best validation of one run's train.jsonl."""
-    record = summary(run)
+    try:
+        record = summary(run)
+        exact_hours = leg_hours(events(run))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SlimsrError(
+            f"{run / 'train.jsonl'} cannot be read as a training log: {exc}"
+        ) from None
     speed = record["it_per_s_mean"]
     return {
         "iterations": record["iteration"],
         "of": record["iterations"],
         "legs": record["legs"],
         "hours": record["hours"],
+        "exact_hours": exact_hours,  # unrounded, for totals; not written
         "it_per_s_mean": None if speed is None else round(speed, 3),
         "best_validation": record["best"]
         and {k: record["best"][k] for k in ("iter", "psnr", "ssim")},
     }
 
 
-def started_from(run: Path) -> str | None:
+def started_from(run: Path) -> Path | None:
     """The `model.pretrained` file the run's resolved recipe started from, if any."""
-    config = yaml.safe_load((run / "config.yaml").read_text()) or {}
-    return (config.get("model") or {}).get("pretrained")
+    path = run / "config.yaml"
+    try:
+        model = (yaml.safe_load(path.read_text()) or {}).get("model") or {}
+        pretrained = model.get("pretrained")
+    except yaml.MarkedYAMLError as exc:  # its own message spans lines: the gist and the line
+        line = exc.problem_mark.line + 1 if exc.problem_mark else "?"
+        why = f"{exc.problem} (line {line})"
+        raise SlimsrError(f"{path} cannot be read as a run's recipe: {why}") from None
+    except (OSError, yaml.YAMLError, AttributeError) as exc:
+        why = " ".join(str(exc).split())
+        raise SlimsrError(f"{path} cannot be read as a run's recipe: {why}") from None
+    return None if pretrained is None else Path(pretrained)
+
+
+def continues(later: Path, earlier: Path) -> bool:
+    """Whether `later` started from `earlier`'s final weights (train or deploy form).
+
+    The recorded path must be `<earlier's folder>/weights/final*.safetensors`; where that file
+    still exists here (the same machine), it must also be byte for byte the earlier run's own.
+    A checkpoint or best snapshot as the start is not "the earlier stage, finished".
+    """
+    start = started_from(later)
+    if start is None or not (start.name.startswith("final") and start.suffix == ".safetensors"):
+        return False
+    folder = start.parent.parent
+    if start.parent.name != "weights" or folder.name not in {earlier.name, earlier.resolve().name}:
+        return False
+    own = earlier / "weights" / start.name
+    if not own.is_file():
+        return False
+    return not start.is_file() or file_sha256(start) == file_sha256(own)
 
 
 def earlier_stages(run: Path, after: list[Path]) -> list[dict[str, Any]]:
     """Records of the runs `run` continues, oldest first, each checked to be the one it did."""
-    chain = [*after, run]
-    for earlier, later in itertools.pairwise(chain):
+    for earlier, later in itertools.pairwise([*after, run]):
         if not (earlier / "train.jsonl").is_file():
             raise SlimsrError(f"{earlier} is not a slimsr run folder (no train.jsonl)")
-        pretrained = started_from(later)
-        if pretrained is None or earlier.resolve().name not in Path(pretrained).parts:
+        if not continues(later, earlier):
             raise SlimsrError(
-                f"{later} did not start from {earlier}: its model.pretrained is {pretrained}"
+                f"{later} did not start from {earlier}'s final weights: its model.pretrained is "
+                f"{started_from(later)}"
             )
     return [{"run": earlier.resolve().name, **training_record(earlier)} for earlier in after]
 
@@ -109,7 +146,10 @@ def ship(
     if stages:
         training["after"] = stages
         training["total_iterations"] = training["iterations"] + sum(s["iterations"] for s in stages)
-        training["total_hours"] = round(training["hours"] + sum(s["hours"] for s in stages), 2)
+        hours = training["exact_hours"] + sum(s["exact_hours"] for s in stages)
+        training["total_hours"] = round(hours, 2)
+    for record in (training, *stages):
+        del record["exact_hours"]
     metrics = {
         "model": model.name,
         "scale": model.scale,
@@ -163,7 +203,7 @@ def main() -> None:
             args.floor,
             args.after,
         )
-    except SlimsrError as exc:  # bad input: one line, exit 2, nothing written
+    except (SlimsrError, OSError) as exc:  # bad input: one line, exit 2, nothing written
         fail(str(exc))
     print(path.read_text())
 

@@ -83,6 +83,11 @@ def test_bad_input_is_refused_before_anything_is_written(
     for name in ("../escape", "Big", "a/b"):
         with pytest.raises(SlimsrError, match="not a plain lower-case file stem"):
             ship(compressed_run, out, shared, "t", name=name)
+    with pytest.raises(SlimsrError, match="ends in a scale"):
+        ship(compressed_run, out, shared, "t", name="tiny_x2")
+    # the EDSRmini student must not overwrite the shipped SwinIRmini's files
+    with pytest.raises(SlimsrError, match="'swinirmini' is another registered model"):
+        ship(compressed_run, out, shared, "t", name="swinirmini")
     (shared / "datasets" / "B100" / "HR" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(SlimsrError, match="B100: 1 of 3 images failed"):
         ship(compressed_run, out, shared, "t")

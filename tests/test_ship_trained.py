@@ -6,6 +6,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -81,9 +82,19 @@ def test_train_form_run_ships_its_deploy_form_with_record_and_metrics(tmp_path: 
     assert (dest / "fmen_s_x2.json").is_file()
 
 
+def stretch_log(run: Path, hours: float) -> None:
+    """Move the run's last event `hours` after its first: a leg of known length."""
+    lines = (run / "train.jsonl").read_text().splitlines()
+    first, last = json.loads(lines[0]), json.loads(lines[-1])
+    start = datetime.fromisoformat(first["time"])
+    last["time"] = (start + timedelta(hours=hours)).isoformat()
+    (run / "train.jsonl").write_text("\n".join([*lines[:-1], json.dumps(last)]) + "\n")
+
+
 def test_a_second_stage_ships_with_the_record_of_the_stage_it_continued(tmp_path: Path) -> None:
     ship_trained = load_ship_trained()
     first = train(load_config(tiny_recipe(tmp_path, "stage1"))).run_dir
+    stretch_log(first, 2.0)
     start = first / "weights" / "final.safetensors"
     over = {"model__pretrained": str(start), "train__iterations": 4}
     second = train(load_config(tiny_recipe(tmp_path, "stage2", **over))).run_dir
@@ -94,14 +105,45 @@ def test_a_second_stage_ships_with_the_record_of_the_stage_it_continued(tmp_path
     assert training["iterations"] == 4  # the last stage's own record stays as it was
     (earlier,) = training["after"]
     assert earlier["run"] == "stage1" and earlier["iterations"] == earlier["of"] == 8
+    assert earlier["hours"] == pytest.approx(2.0, abs=0.01)
     assert training["total_iterations"] == 12
-    assert training["total_hours"] == pytest.approx(training["hours"] + earlier["hours"])
-    # a run the shipped one did not start from is not its earlier stage
+    assert training["total_hours"] == pytest.approx(2.0 + training["hours"], abs=0.01)
+    assert "exact_hours" not in training and "exact_hours" not in earlier
+    # a run the shipped one did not start from is not its earlier stage, even by the same name
+    twin = train(load_config(tiny_recipe(tmp_path / "elsewhere", "stage1"))).run_dir
     unrelated = train(load_config(tiny_recipe(tmp_path, "other"))).run_dir
+    for wrong, later in ((twin, second), (unrelated, second), (second, first)):
+        with pytest.raises(SlimsrError, match="did not start from"):
+            ship_trained.ship(later, tmp_path / "out2", shared, "t", after=[wrong])
+    # nor is a run started from the earlier one's checkpoint rather than its final weights
+    ckpt = sorted((first / "checkpoints").glob("*.pt"))[0]
+    over = {"model__pretrained": str(ckpt), "train__iterations": 4}
+    from_ckpt = train(load_config(tiny_recipe(tmp_path, "from_ckpt", **over))).run_dir
     with pytest.raises(SlimsrError, match="did not start from"):
-        ship_trained.ship(second, tmp_path / "out2", shared, "t", after=[unrelated])
-    with pytest.raises(SlimsrError, match="did not start from"):
-        ship_trained.ship(first, tmp_path / "out2", shared, "t", after=[second])
+        ship_trained.ship(from_ckpt, tmp_path / "out2", shared, "t", after=[first])
+    assert not (tmp_path / "out2").exists()
+    # an unreadable recipe or log is one line too, not a traceback
+    (second / "config.yaml").write_text("model: [unclosed")
+    with pytest.raises(SlimsrError, match="cannot be read as a run's recipe"):
+        ship_trained.ship(second, tmp_path / "out2", shared, "t", after=[first])
+    script = REPO_ROOT / "scripts" / "ship_trained.py"
+    args = [
+        str(second),
+        "--after",
+        str(first),
+        "--produced-by",
+        "t",
+        "--to",
+        str(tmp_path / "out2"),
+    ]
+    res = subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert "cannot be read as a run's recipe" in res.stderr
     assert not (tmp_path / "out2").exists()
 
 
