@@ -30,7 +30,7 @@ FLOOR = {2: 37.0, 3: 33.3, 4: 31.0}
 """Set5 Y-PSNR the bundled model must reach (issue #7)."""
 
 REFERENCES = {
-    # Jiang et al. 2024, Table 2 (DIV2K, distilled from EDSR-baseline); x2 only in the paper.
+    # Jiang et al. 2024, Table I (DIV2K, distilled from EDSR-baseline); x2 only in the paper.
     "EDSRmini (Jiang et al. 2024, DIV2K + distillation)": {
         2: {"Set5": (37.67, 0.9597), "Set14": (33.21, 0.9141)},
     },
