@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import slimsr
 from slimsr.train import Trainer, load_config, resume_config, train
+from slimsr.train.training_state import ResumeError
 from tests.test_train_cli import assert_one_line_error, slimsr_here
 from tests.train_utils import assert_same_optimizer, assert_same_tensors, final_state, tiny_recipe
 
@@ -240,6 +242,31 @@ def test_a_resumed_run_may_switch_the_online_fold_and_follows_the_same_path(
     assert "train.fast_path.online_fold" in " ".join(
         resume_changes_of(run_dir, "train.fast_path.online_fold=off")
     )
+
+
+def test_a_resumed_run_may_switch_between_fp32_and_bf16_but_not_to_fp16(tmp_path: Path) -> None:
+    """bf16 is autocast alone (fp32 weights, moments and schedule, no grad scaler): a campaign
+    leg may continue in it on a CPU where it pays; fp16 would need a grad scaler mid-run."""
+    recipe = tiny_recipe(tmp_path, "switched")
+
+    def stop(event: str, trainer: Trainer) -> None:
+        if event == "step" and trainer.iteration == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    assert Trainer(load_config(recipe), callbacks=[stop]).run().interrupted
+    run_dir = Path(recipe["output_dir"]) / "switched"
+    assert resume_changes_of(run_dir, "train.precision=bf16") == ["train.precision: fp32 -> bf16"]
+    with pytest.raises(ResumeError, match=r"train\.precision"):
+        resume_changes_of(run_dir, "train.precision=fp16")
+    out = slimsr_here("train", "--resume", str(run_dir), "--set", "train.precision=fp16")
+    assert_one_line_error(out, "train.precision", "continue the same schedule")
+    resumed = train(resume_config(run_dir, ["train.precision=bf16"]), resume=True)
+    assert resumed.iteration == 8
+    events = [json.loads(x) for x in (run_dir / "train.jsonl").read_text().splitlines()]
+    assert events[0]["precision"] == "fp32"
+    assert [e for e in events if e["event"] == "resume"][-1]["precision"] == "bf16"
+    final = slimsr.load(run_dir / "weights" / "final.safetensors")
+    assert all(bool(torch.isfinite(v).all()) for v in final.net.state_dict().values())
 
 
 def resume_changes_of(run_dir: Path, *sets: str) -> list[str]:

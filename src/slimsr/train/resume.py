@@ -53,6 +53,21 @@ def _resumable(key: str) -> bool:
     return any(key == p.rstrip(".") or key.startswith(p) for p in RESUMABLE_CHANGES)
 
 
+AUTOCAST_ONLY = frozenset({"fp32", "bf16"})
+"""Precisions a resumed run may switch between: bf16 is autocast alone, so the weights, EMA,
+optimiser moments and schedule stay the same fp32 tensors and neither keeps a grad scaler.
+The steps after the switch round the forward to bf16 (not bit-exact against a run that did
+not switch; the resume event records the precision), and a distillation teacher that runs in
+the student's precision builds a new cache. fp16 is not among them: its grad scaler's state
+would start afresh (or be dropped) mid-run."""
+
+
+def _resumable_change(key: str, old: Any, new: Any) -> bool:
+    if key == "train.precision":
+        return {old, new} <= AUTOCAST_ONLY
+    return _resumable(key)
+
+
 def resume_config(run_dir: Path, overrides: Sequence[str] = ()) -> TrainConfig:
     """The config saved in a run folder, with `--set` overrides, located where the folder is."""
     run_dir = Path(run_dir)
@@ -85,7 +100,7 @@ def resume_changes(saved: TrainConfig, config: TrainConfig, run_dir: Path) -> li
     changed = [c for c in config_changes(saved, config) if c[0] not in LOCATION_KEYS]
     changed = [c for c in changed if not _same_teacher_moved(c, run_dir)]
     keys = [key for key, _, _ in changed]
-    bad = [k for k in keys if not _resumable(k)]
+    bad = [key for key, old, new in changed if not _resumable_change(key, old, new)]
     if bad:
         raise ResumeError(
             f"{run_dir}: the recipe differs from the run's config.yaml in {', '.join(bad)}; a "
