@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from slimsr.data.folders import dataset_from_root
 from slimsr.errors import SlimsrError
 from slimsr.evaluate import evaluate_dataset
 from tests.test_compress_cli import setup_recipe
-from tests.test_ship_trained import small_shared
+from tests.test_ship_trained import load_script, small_shared
 from tests.test_train_cli import slimsr_here
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -26,15 +25,7 @@ SCRIPT = REPO_ROOT / "scripts" / "ship_compressed.py"
 
 
 def load_ship_compressed():
-    sys.path.insert(0, str(REPO_ROOT / "scripts"))  # its imports of shipping.py and campaign.py
-    try:
-        spec = importlib.util.spec_from_file_location("ship_compressed", SCRIPT)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(REPO_ROOT / "scripts"))
-    return module
+    return load_script("ship_compressed")
 
 
 @pytest.fixture(scope="module")

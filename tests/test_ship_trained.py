@@ -26,18 +26,22 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SMALL_FMEN = {"n_feats": 8, "mid_feats": 6, "down_blocks": 1, "up_blocks": [1, 1]}
 
 
-def load_ship_trained():
-    sys.path.insert(0, str(REPO_ROOT / "scripts"))  # its imports of shipping.py and campaign.py
+def load_script(name: str):
+    """scripts/NAME.py as a module, with scripts/ on the path for its imports (shipping.py,
+    campaign.py): the ship scripts are not part of the package."""
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
     try:
-        spec = importlib.util.spec_from_file_location(
-            "ship_trained", REPO_ROOT / "scripts" / "ship_trained.py"
-        )
+        spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     finally:
         sys.path.remove(str(REPO_ROOT / "scripts"))
     return module
+
+
+def load_ship_trained():
+    return load_script("ship_trained")
 
 
 def small_shared(root: Path) -> Path:
