@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -151,6 +152,15 @@ def test_reused_when_unchanged_and_rebuilt_when_teacher_data_or_lr_mode_change(
     os.replace(tmp_path / "other" / "img00.png", image)
     assert run("e")["built"]
     assert not run("f")["built"]
+    # the same bytes elsewhere, with other mtimes (a dataset copied or re-extracted): reused
+    copy = tmp_path / "copied_hr"
+    shutil.copytree(tmp_path / "train_hr", copy)
+    for file in copy.iterdir():
+        os.utime(file, ns=(1_000_000_000, 1_000_000_000))
+    assert not run("f2", data__train__sources=[{"hr": str(copy)}])["built"]
+    # the same images in another order are other cached arrays
+    (copy / "img00.png").rename(copy / "img99.png")
+    assert run("f3", data__train__sources=[{"hr": str(copy)}])["built"]
     elsewhere = run("g", distill={"cache_dir": str(tmp_path / "elsewhere")})
     assert elsewhere["built"] and Path(elsewhere["path"]).parent == tmp_path / "elsewhere"
     assert run("h", distill={"cache": False}) is None  # the live teacher, no cache
