@@ -225,11 +225,14 @@ def read_evals(paths: list[Path], datasets: Sequence[str] | None = None) -> list
     return points
 
 
-def counts_at_720p(name: str, scale: int) -> tuple[int, dict[str, int]]:
+def counts_at_720p(
+    name: str, scale: int, kwargs: dict[str, Any] | None = None
+) -> tuple[int, dict[str, int]]:
     """Parameters and FLOPs (every convention) for a 1280x720 output of the registered
-    variant's defaults, counted on the meta device."""
+    variant, with its defaults or `kwargs` (a compact model of the same family), counted on
+    the meta device."""
     with torch.device("meta"):
-        net = get_model_info(name).build(scale)
+        net = get_model_info(name).build(scale, **(kwargs or {}))
     lr_hw = lr_size_for_output(PAPER_OUTPUT, scale)
     return count_parameters(net), complexity(net, lr_hw).flops
 

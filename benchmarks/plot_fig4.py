@@ -100,15 +100,31 @@ def read_metrics(path: Path) -> dict[str, Any]:
     missing = [d for d in DATASETS if d not in results]
     if missing:
         raise ValueError(f"{path}: no {', '.join(missing)} results")
+    stem = path.name.removesuffix(".metrics.json")
+    kwargs = _sidecar_kwargs(path.with_name(f"{stem}.json"))
     return {
-        "model": model,
-        "label": f"{path.parent.name}/{path.name.removesuffix('.metrics.json')}",
+        # a compact model of the original's family (BSRNmini: bsrn with num_feat 60) is named
+        # by its file, its counts come from its kwargs
+        "model": stem.removesuffix(f"_x{SCALE}") if kwargs else model,
+        "arch": model,
+        "kwargs": kwargs,
+        "label": f"{path.parent.name}/{stem}",
         "params_in_file": rep.get("params"),
         "protocol": rep.get("protocol", "?"),
         "psnr_per_dataset": {d: results[d]["psnr"] for d in DATASETS},
         "bicubic_psnr": statistics.fmean(results[d]["bicubic_psnr"] for d in DATASETS),
         "file": _shown(path),
     }
+
+
+def _sidecar_kwargs(sidecar: Path) -> dict[str, Any]:
+    """The model kwargs recorded beside shipped weights; none when there is no sidecar."""
+    if not sidecar.is_file():
+        return {}
+    kwargs = json.loads(sidecar.read_text()).get("kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"{sidecar}: kwargs is not a mapping")
+    return kwargs
 
 
 def _shown(path: Path) -> str:
@@ -134,16 +150,20 @@ def measured_points(
             merged[key]["label"] += f", {p['label']}"
             merged[key]["files"].append(p["file"])
             continue
-        params, flops = counts_at_720p(p["model"], SCALE)
+        arch, kwargs = p.get("arch", p["model"]), p.get("kwargs") or {}
+        params, flops = counts_at_720p(arch, SCALE, kwargs)
         if p.get("params_in_file") not in (None, params):
+            shown = f"{arch}({kwargs})" if kwargs else f"registered {arch}"
             raise ValueError(
-                f"{p['file']}: {p['params_in_file']:,} params, but the registered "
-                f"{p['model']} x{SCALE} has {params:,} (not its default variant)"
+                f"{p['file']}: {p['params_in_file']:,} params, but the {shown} "
+                f"x{SCALE} has {params:,} (not its default variant)"
             )
         merged[key] = {
             "kind": "measured",
             "source": MEASURED,
             "model": p["model"],
+            "arch": arch,
+            "kwargs": kwargs,
             "label": p["label"],
             "params": params,
             "flops": flops[convention],

@@ -129,3 +129,21 @@ def test_params_that_do_not_match_the_registry_are_refused(
         fig4.main(["--no-shipped", "-o", str(out)])  # nothing measured: refused
     assert e.value.code == 2
     assert not out.exists() and not out.with_suffix(".json").exists()
+
+
+def test_a_compact_model_of_its_originals_family_is_counted_with_its_kwargs(
+    fig4: ModuleType, tmp_path: Path
+) -> None:
+    """BSRNmini ships as `bsrn` with num_feat 60: its point is named by its file and counted
+    with the sidecar's kwargs, not as the default BSRN (331,628 params)."""
+    rep = json.loads(SHIPPED["edsrmini"].read_text())
+    metrics = tmp_path / "bsrnmini_x2.metrics.json"
+    metrics.write_text(json.dumps({**rep, "model": "bsrn", "params": 292_776}))
+    (tmp_path / "bsrnmini_x2.json").write_text(json.dumps({"kwargs": {"num_feat": 60}}))
+    (point,) = fig4.measured_points([metrics], [], "macs")
+    assert point["model"] == "bsrnmini" and point["arch"] == "bsrn"
+    assert point["params"] == 292_776
+    assert point["flops"] / 1e9 == pytest.approx(63.57, abs=0.01)  # docs/compression.md
+    (tmp_path / "bsrnmini_x2.json").unlink()  # without its kwargs it is the default BSRN
+    with pytest.raises(ValueError, match="292,776 params"):
+        fig4.measured_points([metrics], [], "macs")
