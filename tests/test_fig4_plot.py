@@ -18,6 +18,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 SHIPPED = {
     "edsrmini": BUNDLED_DIR / "compressed" / "edsrmini_x2.metrics.json",
     "swinirmini": BUNDLED_DIR / "compressed" / "swinirmini_x2.metrics.json",
+    "bsrnmini": BUNDLED_DIR / "compressed" / "bsrnmini_x2.metrics.json",
 }
 
 
@@ -82,7 +83,7 @@ def test_plot_marks_published_and_measured(fig4: ModuleType, tmp_path: Path) -> 
     assert published["RT4KSR-XL"]["flops"] is None
 
     # shipped files and the evals; smfanet (Set5 only) and the x4 file are left out
-    assert set(measured) == {"edsrmini", "swinirmini", "bsrn", "rlfn_s"}
+    assert set(measured) == {"edsrmini", "swinirmini", "bsrnmini", "bsrn", "rlfn_s"}
     for name, path in SHIPPED.items():
         results = json.loads(path.read_text())["results"]
         want = (results["Set5"]["psnr"] + results["Set14"]["psnr"]) / 2
@@ -91,7 +92,7 @@ def test_plot_marks_published_and_measured(fig4: ModuleType, tmp_path: Path) -> 
     bundled = json.loads((BUNDLED_DIR / "default_x2.metrics.json").read_text())["results"]
     compressed = json.loads(SHIPPED["edsrmini"].read_text())["results"]
     same = all(bundled[d]["psnr"] == compressed[d]["psnr"] for d in ("Set5", "Set14"))
-    assert sum(p["kind"] == "measured" for p in data["points"]) == (4 if same else 5)
+    assert sum(p["kind"] == "measured" for p in data["points"]) == (5 if same else 6)
     if same:
         assert "default_x2" in measured["edsrmini"]["label"]
         assert len(measured["edsrmini"]["files"]) == 2
@@ -99,6 +100,7 @@ def test_plot_marks_published_and_measured(fig4: ModuleType, tmp_path: Path) -> 
     assert measured["edsrmini"]["params"] == 49_603
     assert measured["edsrmini"]["flops"] / 1e9 == pytest.approx(11.65, abs=0.01)
     assert measured["bsrn"]["params"] == 331_628
+    assert measured["bsrnmini"]["params"] == 292_776  # bsrn with the sidecar's num_feat 60
     assert measured["rlfn_s"]["psnr"] == pytest.approx((38.04 + 33.62) / 2)
 
     with Image.open(out) as im:
