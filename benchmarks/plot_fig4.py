@@ -153,10 +153,11 @@ def measured_points(
         arch, kwargs = p.get("arch", p["model"]), p.get("kwargs") or {}
         params, flops = counts_at_720p(arch, SCALE, kwargs)
         if p.get("params_in_file") not in (None, params):
-            shown = f"{arch}({kwargs})" if kwargs else f"registered {arch}"
+            shown = f"{arch} with {kwargs}" if kwargs else f"registered {arch}"
+            why = "" if kwargs else " (not its default variant)"
             raise ValueError(
                 f"{p['file']}: {p['params_in_file']:,} params, but the {shown} "
-                f"x{SCALE} has {params:,} (not its default variant)"
+                f"x{SCALE} has {params:,}{why}"
             )
         merged[key] = {
             "kind": "measured",
