@@ -101,7 +101,9 @@ def read_metrics(path: Path) -> dict[str, Any]:
     if missing:
         raise ValueError(f"{path}: no {', '.join(missing)} results")
     stem = path.name.removesuffix(".metrics.json")
-    kwargs = _sidecar_kwargs(path.with_name(f"{stem}.json"))
+    kwargs = rep.get("kwargs") or {}  # written by the ship scripts beside the model's name
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"{path}: kwargs is not a mapping")
     return {
         # a compact model of the original's family (BSRNmini: bsrn with num_feat 60) is named
         # by its file, its counts come from its kwargs
@@ -115,16 +117,6 @@ def read_metrics(path: Path) -> dict[str, Any]:
         "bicubic_psnr": statistics.fmean(results[d]["bicubic_psnr"] for d in DATASETS),
         "file": _shown(path),
     }
-
-
-def _sidecar_kwargs(sidecar: Path) -> dict[str, Any]:
-    """The model kwargs recorded beside shipped weights; none when there is no sidecar."""
-    if not sidecar.is_file():
-        return {}
-    kwargs = json.loads(sidecar.read_text()).get("kwargs") or {}
-    if not isinstance(kwargs, dict):
-        raise ValueError(f"{sidecar}: kwargs is not a mapping")
-    return kwargs
 
 
 def _shown(path: Path) -> str:
