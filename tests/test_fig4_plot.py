@@ -100,7 +100,7 @@ def test_plot_marks_published_and_measured(fig4: ModuleType, tmp_path: Path) -> 
     assert measured["edsrmini"]["params"] == 49_603
     assert measured["edsrmini"]["flops"] / 1e9 == pytest.approx(11.65, abs=0.01)
     assert measured["bsrn"]["params"] == 331_628
-    assert measured["bsrnmini"]["params"] == 292_776  # bsrn with the sidecar's num_feat 60
+    assert measured["bsrnmini"]["params"] == 292_776  # bsrn with its recorded num_feat 60
     assert measured["rlfn_s"]["psnr"] == pytest.approx((38.04 + 33.62) / 2)
 
     with Image.open(out) as im:
