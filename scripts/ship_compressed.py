@@ -123,11 +123,11 @@ def ship(run: Path, dest: Path, shared: Path, produced_by: str, name: str | None
         "produced_by": produced_by,
         "protocol": "basicsr (Y of BT.601, border = scale, SR as uint8); LR by MATLAB-exact bicubic",
         "results": measure_y(model, shared, model.scale),
-        # Table I is x2 only: other scales have no published figure to stand beside.
-        "paper (Jiang et al. 2024, Table I)": PAPER.get(name or model.name, {})
-        if model.scale == 2
-        else {},
     }
+    # Table I is x2 only and has no BSRNmini: other models get no entry, not an empty one.
+    paper = PAPER.get(name or model.name) if model.scale == 2 else None
+    if paper:
+        metrics["paper (Jiang et al. 2024, Table I)"] = paper
     # everything measured: only now is anything written, so a failure leaves no half-ship
     dest.mkdir(parents=True, exist_ok=True)
     write_slim_weights(model, meta, dest / f"{stem}.safetensors")

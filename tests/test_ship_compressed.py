@@ -55,6 +55,8 @@ def test_a_run_ships_under_the_name_asked_with_its_record(
         assert torch.equal(shipped.net.state_dict()[key], value)
     metrics = json.loads(path.read_text())
     assert metrics["shipped_as"] == "tinymini_x2" and metrics["params"] == shipped.num_parameters()
+    # no paper figure for a model outside Table I: no entry at all, not an empty one
+    assert not any(key.startswith("paper") for key in metrics)
     data = dataset_from_root(shared / "datasets" / "Set5", 2)
     assert metrics["results"]["Set5"]["psnr"] == pytest.approx(
         evaluate_dataset(shipped, data, 2).mean("psnr"), abs=1e-4
@@ -62,7 +64,12 @@ def test_a_run_ships_under_the_name_asked_with_its_record(
     density = json.loads((dest / "tinymini_x2.density.json").read_text())
     assert density == json.loads((compressed_run / "density.json").read_text())
     # without --name the stem is the student's registered name
-    assert ship(compressed_run, dest, shared, "t").name == "edsrmini_x2.metrics.json"
+    path = ship(compressed_run, dest, shared, "t")
+    assert path.name == "edsrmini_x2.metrics.json"
+    assert json.loads(path.read_text())["paper (Jiang et al. 2024, Table I)"]["Set5"] == [
+        37.67,
+        0.9597,
+    ]
 
 
 def test_bad_input_is_refused_before_anything_is_written(
