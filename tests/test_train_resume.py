@@ -51,7 +51,12 @@ def run_child(recipe: dict, tmp: Path, at: int) -> subprocess.CompletedProcess:
 
 
 def straight_and_resumed(
-    tmp: Path, sig: int, workers: int, move_to: Path | None = None, **over
+    tmp: Path,
+    sig: int,
+    workers: int,
+    move_to: Path | None = None,
+    move_data_to: Path | None = None,
+    **over,
 ) -> tuple[dict, dict]:
     n = 8
     common = {"data__train__num_workers": workers, "train__iterations": n, **over}
@@ -77,8 +82,13 @@ def straight_and_resumed(
     if move_to is not None:  # the folder moves (and is renamed) between the two halves
         move_to.parent.mkdir(parents=True, exist_ok=True)
         run_dir = run_dir.rename(move_to)
+    sets = []
+    if move_data_to is not None:  # so do the training images (../shared on another machine)
+        move_data_to.parent.mkdir(parents=True, exist_ok=True)
+        (tmp / "train_hr").rename(move_data_to)
+        sets.append(f"data.train.sources=[{{hr: '{move_data_to}'}}]")
 
-    resumed = train(resume_config(run_dir), resume=True)
+    resumed = train(resume_config(run_dir, sets), resume=True)
     assert resumed.iteration == n and not resumed.interrupted
     assert resumed.run_dir == run_dir.resolve()
     return final_state(Path(recipe["output_dir"]) / "straight"), final_state(run_dir)
@@ -148,6 +158,56 @@ def test_a_moved_run_folder_resumes_in_place_bit_exactly(tmp_path: Path) -> None
     assert (moved / "weights" / "final.safetensors").is_file()
     saved = load_config(moved / "config.yaml", check_paths=False)
     assert (saved.output_dir, saved.name) == (moved.parent.resolve(), "renamed")
+
+
+def test_a_run_resumes_bit_exactly_from_moved_training_folders(tmp_path: Path) -> None:
+    """A campaign restored where ../shared has another path: the same images, moved."""
+    a, b = straight_and_resumed(
+        tmp_path, signal.SIGTERM, 0, move_data_to=tmp_path / "elsewhere" / "T91"
+    )
+    assert_same_tensors(a["params"], b["params"])
+    assert_same_optimizer(a["optimizer"], b["optimizer"])
+    assert a["data"] == b["data"] and len(a["data"]["images_sha256"]) == 64
+
+
+def test_moved_training_folders_with_other_images_or_no_record_are_refused(
+    tmp_path: Path,
+) -> None:
+    import shutil
+
+    from slimsr.train.training_state import load_state, save_state
+
+    recipe = tiny_recipe(tmp_path, "r", train__iterations=4)
+    recipe["train"]["scheduler"] = {"type": "multistep", "milestones": [3]}
+    train(load_config(recipe))
+    run_dir = Path(recipe["output_dir"]) / "r"
+    events = [json.loads(x) for x in (run_dir / "train.jsonl").read_text().splitlines()]
+    checkpoint = run_dir / "checkpoints" / "iter_00000004.pt"
+    state = load_state(checkpoint)
+    assert events[0]["train_images_sha256"] == state["data"]["images_sha256"]
+
+    def resume_from(folder: Path) -> int:
+        sets = [f"data.train.sources=[{{hr: '{folder}'}}]", "train.iterations=6"]
+        assert any("data.train.sources" in c for c in resume_changes_of(run_dir, *sets))
+        return train(resume_config(run_dir, sets), resume=True).iteration
+
+    # the same count of images, one of them another picture: refused, nothing trained
+    other = tmp_path / "other"
+    shutil.copytree(tmp_path / "train_hr", other)
+    first, second = sorted(other.iterdir())[:2]
+    first.write_bytes(second.read_bytes())
+    with pytest.raises(ResumeError, match="other images than the run trained on"):
+        resume_from(other)
+    # a checkpoint written before the images were recorded: moved folders cannot be trusted
+    moved = tmp_path / "moved"
+    shutil.copytree(tmp_path / "train_hr", moved)
+    old = {**state, "data": {k: v for k, v in state["data"].items() if k != "images_sha256"}}
+    save_state({k: v for k, v in old.items() if k not in ("format", "version")}, checkpoint)
+    with pytest.raises(ResumeError, match="predates the images' sha256"):
+        resume_from(moved)
+    assert final_state(run_dir)["iteration"] == 4
+    # ... while at the recorded paths such a checkpoint still resumes (as before)
+    assert train(resume_config(run_dir, ["train.iterations=6"]), resume=True).iteration == 6
 
 
 def _hashes(folder: Path) -> dict[str, str]:

@@ -11,15 +11,18 @@ image is cached, so a patch is identical to a patch of an LR file made offline.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import torch
 from torch import Tensor
 
 from slimsr.data.folders import DataError, ImagePair
+from slimsr.fileio import update_with_file
 from slimsr.imaging import imresize, modcrop, read_image
 
 LRMode = Literal["float", "uint8"]
@@ -128,6 +131,21 @@ class PairStore:
 
     def __len__(self) -> int:
         return len(self.pairs)
+
+    @cached_property
+    def images_sha256(self) -> str:
+        """sha256 of the training images' names and bytes, in stream order, wherever their
+        folders are: what tells a run restored on another machine that it trains on the same
+        images (a resume checks it), where the folders' paths cannot."""
+        digest = hashlib.sha256()
+        for pair in self.pairs:
+            for path in (pair.hr, pair.lr):
+                if path is None:
+                    digest.update(b"\0")
+                    continue
+                digest.update(path.name.encode() + b"\0")
+                update_with_file(digest, path)
+        return digest.hexdigest()
 
     def __getitem__(self, index: int) -> LoadedPair:
         if self.cache:

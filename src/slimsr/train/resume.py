@@ -65,7 +65,25 @@ would start afresh (or be dropped) mid-run."""
 def _resumable_change(key: str, old: Any, new: Any) -> bool:
     if key == "train.precision":
         return {old, new} <= AUTOCAST_ONLY
+    if key == "data.train.sources":
+        return sources_moved(old, new)
     return _resumable(key)
+
+
+def sources_moved(old: Any, new: Any) -> bool:
+    """Training folders at other paths, in the same number and with LR files where they were:
+    maybe the same images moved (a campaign restored on another machine, ../shared elsewhere).
+    Allowed here; the trainer then compares the images' sha256 with the checkpoint's
+    (`check_same_data`), so other images at the new paths are still refused."""
+    if not (isinstance(old, list) and isinstance(new, list)) or len(old) != len(new):
+        return False
+    return all((a.get("lr") is None) == (b.get("lr") is None) for a, b in zip(old, new))
+
+
+def data_moved(run_dir: Path, config: TrainConfig) -> bool:
+    """Whether the run's training folders are named differently from its saved config.yaml."""
+    saved = saved_config(run_dir)
+    return saved is not None and saved.data.train.sources != config.data.train.sources
 
 
 def resume_config(run_dir: Path, overrides: Sequence[str] = ()) -> TrainConfig:
@@ -190,13 +208,31 @@ def finished_run(run_dir: Path, total: int) -> tuple[int, list[Path]] | None:
     return (at, weights) if weights else None
 
 
-def check_same_data(path: Path, state: dict[str, Any], num_images: int) -> None:
-    """The data folders must give as many images as the run trained on (same data stream)."""
-    saved = state.get("data", {}).get("num_images")
+def check_same_data(
+    path: Path, state: dict[str, Any], num_images: int, images_sha256: str, moved: bool
+) -> None:
+    """The data folders must give the images the run trained on, in the same order (same data
+    stream): as many, and, where the checkpoint records it, with the same names and bytes.
+    Folders that `moved` need that record: a count alone cannot tell the images are the same."""
+    data = state.get("data", {})
+    saved = data.get("num_images")
     if saved != num_images:
         raise ResumeError(
             f"{path}: the run trained on {saved} images, the data folders "
             f"now give {num_images}; resuming would not continue the same data stream"
+        )
+    recorded = data.get("images_sha256")
+    if recorded is not None and recorded != images_sha256:
+        raise ResumeError(
+            f"{path}: the data folders hold other images than the run trained on (sha256 of "
+            f"names and bytes {images_sha256[:12]}, the run's {recorded[:12]}); resuming would "
+            "not continue the same data stream"
+        )
+    if recorded is None and moved:
+        raise ResumeError(
+            f"{path}: the training folders moved (data.train.sources) and this checkpoint "
+            "predates the images' sha256, so nothing shows the images are the same; put the "
+            "folders back at the paths in the run's config.yaml"
         )
 
 

@@ -63,6 +63,7 @@ from slimsr.train.recipe import config_hash, dump_config
 from slimsr.train.resume import (
     check_same_data,
     check_same_teacher,
+    data_moved,
     find_resume_state,
     finished_run,
 )
@@ -298,7 +299,8 @@ class Trainer:
         self.qat_freeze = q.freeze_ranges_iter
 
     def _restore(self, path: Path, state: dict[str, Any]) -> None:
-        check_same_data(path, state, len(self.store))
+        moved = data_moved(self.run_dir, self.config)
+        check_same_data(path, state, len(self.store), self.store.images_sha256, moved)
         try:
             self.model.net.load_state_dict(state["params"], strict=True)
             if self.ema is not None:
@@ -446,7 +448,10 @@ class Trainer:
                 "note": "the learning rate is a function of the iteration",
             },
             "scaler": self.scaler.state_dict(),
-            "data": self.sampler.state(self.iteration),
+            "data": {
+                **self.sampler.state(self.iteration),
+                "images_sha256": self.store.images_sha256,
+            },
             "best": self.best,
             "nonfinite_streak": self._nonfinite_streak,
             "config_sha256": self.config_sha256,
@@ -615,6 +620,7 @@ class Trainer:
             "scale": cfg.model.scale,
             "params": self.model.num_parameters(),
             "train_images": len(self.store),
+            "train_images_sha256": self.store.images_sha256,
             "skipped_small_images": len(self.store.skipped),
             "cache_mb": round(self.store.nbytes / 2**20, 1),
             "decode_s": round(self.store.seconds, 2),
