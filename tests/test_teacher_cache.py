@@ -50,7 +50,7 @@ def _key(store, sha: str = "0" * 64, **over):
         "precision": "fp32",
         "scale": 2,
         "lr_mode": store.lr_mode,
-        "pairs": store.pairs,
+        "images": store.identities,
         **over,
     }
     return cache_key(**args)

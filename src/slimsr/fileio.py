@@ -43,15 +43,10 @@ def atomic_write_text(target: str | os.PathLike[str], text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def update_with_file(digest: hashlib._Hash, path: Path) -> None:
-    """Feed a file's bytes to a running hash, a megabyte at a time."""
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes (identifies a file across moves and machines)."""
+    digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
-
-
-def file_sha256(path: Path) -> str:
-    """The sha256 of a file's bytes (identifies a teacher file across moves and machines)."""
-    digest = hashlib.sha256()
-    update_with_file(digest, path)
     return digest.hexdigest()

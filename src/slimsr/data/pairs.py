@@ -12,20 +12,27 @@ image is cached, so a patch is identical to a patch of an LR file made offline.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from slimsr.data.folders import DataError, ImagePair
-from slimsr.fileio import update_with_file
+from slimsr.fileio import file_sha256
 from slimsr.imaging import imresize, modcrop, read_image
 
 LRMode = Literal["float", "uint8"]
+
+
+def file_identity(path: Path | None) -> list[Any] | None:
+    """[size, sha256] of an image file's bytes (None: no file, LR made from HR)."""
+    return None if path is None else [path.stat().st_size, file_sha256(path)]
 
 
 @dataclass
@@ -133,19 +140,17 @@ class PairStore:
         return len(self.pairs)
 
     @cached_property
+    def identities(self) -> list[list[list[Any] | None]]:
+        """[HR, LR] identity (`file_identity`) of every pair, in stream order: what the
+        teacher cache's outputs and a resumed run's data stream depend on, not where the
+        folders are."""
+        return [[file_identity(p.hr), file_identity(p.lr)] for p in self.pairs]
+
+    @cached_property
     def images_sha256(self) -> str:
-        """sha256 of the training images' names and bytes, in stream order, wherever their
-        folders are: what tells a run restored on another machine that it trains on the same
-        images (a resume checks it), where the folders' paths cannot."""
-        digest = hashlib.sha256()
-        for pair in self.pairs:
-            for path in (pair.hr, pair.lr):
-                if path is None:
-                    digest.update(b"\0")
-                    continue
-                digest.update(path.name.encode() + b"\0")
-                update_with_file(digest, path)
-        return digest.hexdigest()
+        """One sha256 of `identities`: tells a run restored on another machine (its folders
+        elsewhere) that it trains on the same images, which the folders' paths cannot."""
+        return hashlib.sha256(json.dumps(self.identities).encode()).hexdigest()
 
     def __getitem__(self, index: int) -> LoadedPair:
         if self.cache:

@@ -112,7 +112,7 @@ class Teacher:
             precision=self.precision,
             scale=self.scale,
             lr_mode=lr_mode,
-            pairs=store.pairs,
+            images=store.identities,
         )
         bpp = activation_bytes_per_pixel(self.model.net)
         tile = auto_tile_for_budget(bpp, TEACHER_BUILD_BUDGET_MB, self.model.info.size_multiple)

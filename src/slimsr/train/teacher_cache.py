@@ -55,7 +55,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import Tensor
 
-from slimsr.data.folders import ImagePair
 from slimsr.errors import SlimsrError
 
 FORMAT = 2
@@ -69,19 +68,6 @@ class TeacherCacheError(SlimsrError):
     """The teacher cache cannot be written (read-only or full folder)."""
 
 
-def _file_identity(path: Path | None) -> list[Any] | None:
-    """(size, sha256) of the file's bytes: what the teacher's output on it depends on."""
-    if path is None:
-        return None
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-    return [size, digest.hexdigest()]
-
-
 def cache_key(
     *,
     teacher_sha256: str,
@@ -89,7 +75,7 @@ def cache_key(
     precision: str,
     scale: int,
     lr_mode: str,
-    pairs: Sequence[ImagePair],
+    images: Sequence[Any],
 ) -> dict[str, Any]:
     """Everything the cached outputs depend on; a change in any of it means another cache."""
     return {
@@ -100,7 +86,7 @@ def cache_key(
         "teacher_precision": precision,
         "scale": scale,
         "lr_mode": lr_mode,
-        "images": [[_file_identity(p.hr), _file_identity(p.lr)] for p in pairs],
+        "images": list(images),  # PairStore.identities: size and sha256 of each HR / LR file
     }
 
 
