@@ -70,21 +70,29 @@ def main() -> None:
     parser.add_argument("--calib", type=Path, default=None, help="default: shared T91/HR")
     args = parser.parse_args()
     shared = args.shared
-    float_path = ship_run(args.float_run, "abpn_x3", shared)
-    qat_path = ship_run(args.qat_run, "abpn_x3_qat", shared)
-    model = slimsr.load(float_path)
-    ranges = ranges_from_weights_file(qat_path)
+    runs_final = [run / "weights" / "final.safetensors" for run in (args.float_run, args.qat_run)]
+    for final in runs_final:
+        if not final.is_file():
+            raise SystemExit(f"{final} does not exist: the run has not finished")
+    ranges = ranges_from_weights_file(runs_final[1])
     if ranges is None:
-        raise SystemExit(f"{qat_path} carries no INT8 ranges: was it trained with quant.qat?")
+        raise SystemExit(f"{runs_final[1]} carries no INT8 ranges: was it trained with quant.qat?")
     calib = args.calib or shared / "datasets" / "T91" / "HR"
     crops = calibration_crops(calib, 64, 48, downscale=SCALE)
-    with tempfile.TemporaryDirectory() as tmp:  # verified files only reach the package
+    # both INT8 files are converted and verified before anything reaches the package: a file
+    # that fails its check leaves the shipped set as it was, not half replaced
+    with tempfile.TemporaryDirectory() as tmp:
+        trials = []
         for variant, kwargs in (
-            ("ptq", {"model": model, "calibration": crops}),
-            ("qat", {"model": slimsr.load(qat_path), "ranges": ranges}),
+            ("ptq", {"model": slimsr.load(runs_final[0]), "calibration": crops}),
+            ("qat", {"model": slimsr.load(runs_final[1]), "ranges": ranges}),
         ):
             trial = Path(tmp) / f"abpn_x3_int8_{variant}.tflite"
             export_tflite(kwargs.pop("model"), trial, int8=True, **kwargs)
+            trials.append(trial)
+        model = slimsr.load(ship_run(args.float_run, "abpn_x3", shared))
+        ship_run(args.qat_run, "abpn_x3_qat", shared)
+        for trial in trials:
             with atomic_path(ABPN / trial.name) as dst:
                 dst.write_bytes(trial.read_bytes())
     results = {"float (PyTorch)": measure(model, shared)}
