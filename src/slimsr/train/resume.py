@@ -212,7 +212,7 @@ def check_same_data(
     path: Path, state: dict[str, Any], num_images: int, images_sha256: str, moved: bool
 ) -> None:
     """The data folders must give the images the run trained on, in the same order (same data
-    stream): as many, and, where the checkpoint records it, with the same names and bytes.
+    stream): as many, and, where the checkpoint records it, with the same bytes (size and sha256 of each file).
     Folders that `moved` need that record: a count alone cannot tell the images are the same."""
     data = state.get("data", {})
     saved = data.get("num_images")
@@ -224,9 +224,9 @@ def check_same_data(
     recorded = data.get("images_sha256")
     if recorded is not None and recorded != images_sha256:
         raise ResumeError(
-            f"{path}: the data folders hold other images than the run trained on (sha256 of "
-            f"names and bytes {images_sha256[:12]}, the run's {recorded[:12]}); resuming would "
-            "not continue the same data stream"
+            f"{path}: the data folders hold other images than the run trained on (images "
+            f"sha256 {images_sha256[:12]}, the run's {recorded[:12]}); resuming would not "
+            "continue the same data stream"
         )
     if recorded is None and moved:
         raise ResumeError(
