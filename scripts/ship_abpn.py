@@ -25,7 +25,9 @@ from typing import Any
 from shipping import REPO_ROOT, copy_portable, copy_portable_weights
 
 import slimsr
+from campaign import fail
 from slimsr.data.folders import dataset_from_root
+from slimsr.errors import SlimsrError
 from slimsr.evaluate import evaluate_dataset
 from slimsr.export.calibration import calibration_crops
 from slimsr.export.runners import load_runner
@@ -51,9 +53,7 @@ def measure(upscale: Any, shared: Path) -> dict[str, dict[str, float]]:
 
 def ship_run(run: Path, stem: str, shared: Path) -> Path:
     """Copy a run's final weights, sidecar and resolved recipe as `abpn/<stem>.*`."""
-    final = run / "weights" / "final.safetensors"
-    if not final.is_file():
-        raise SystemExit(f"{final} does not exist: the run has not finished")
+    final = run / "weights" / "final.safetensors"  # checked by main() before anything is written
     dst = ABPN / f"{stem}.safetensors"
     copy_portable_weights(final, dst, shared)
     copy_portable(final.with_suffix(".json"), dst.with_suffix(".json"), shared)
@@ -73,10 +73,10 @@ def main() -> None:
     runs_final = [run / "weights" / "final.safetensors" for run in (args.float_run, args.qat_run)]
     for final in runs_final:
         if not final.is_file():
-            raise SystemExit(f"{final} does not exist: the run has not finished")
+            fail(f"{final} does not exist: the run has not finished")
     ranges = ranges_from_weights_file(runs_final[1])
     if ranges is None:
-        raise SystemExit(f"{runs_final[1]} carries no INT8 ranges: was it trained with quant.qat?")
+        fail(f"{runs_final[1]} carries no INT8 ranges: was it trained with quant.qat?")
     calib = args.calib or shared / "datasets" / "T91" / "HR"
     crops = calibration_crops(calib, 64, 48, downscale=SCALE)
     # both INT8 files are converted and verified before anything reaches the package: a file
@@ -88,7 +88,10 @@ def main() -> None:
             ("qat", {"model": slimsr.load(runs_final[1]), "ranges": ranges}),
         ):
             trial = Path(tmp) / f"abpn_x3_int8_{variant}.tflite"
-            export_tflite(kwargs.pop("model"), trial, int8=True, **kwargs)
+            try:
+                export_tflite(kwargs.pop("model"), trial, int8=True, **kwargs)
+            except SlimsrError as exc:  # a file that fails its check: nothing is shipped
+                fail(str(exc))
             trials.append(trial)
         model = slimsr.load(ship_run(args.float_run, "abpn_x3", shared))
         ship_run(args.qat_run, "abpn_x3_qat", shared)

@@ -72,7 +72,7 @@ def _resumable_change(key: str, old: Any, new: Any) -> bool:
 
 def sources_moved(old: Any, new: Any) -> bool:
     """Training folders at other paths, in the same number and with LR files where they were:
-    maybe the same images moved (a campaign restored on another machine, ../shared elsewhere).
+    maybe the same images moved (a campaign restored on another machine, its data elsewhere).
     Allowed here; the trainer then compares the images' sha256 with the checkpoint's
     (`check_same_data`), so other images at the new paths are still refused."""
     if not (isinstance(old, list) and isinstance(new, list)) or len(old) != len(new):
