@@ -52,11 +52,68 @@ def test_abpn_graph_points_and_layout() -> None:
     assert kinds == ["input", "repeat", *["conv"] * 4, "add", "shuffle", "clamp"]
     assert [op.relu for op in graph.ops if op.kind == "conv"] == [True, True, True, False]
     # anchor and last conv are stored in TF's DCR order for depth_to_space (as the official
-    # graph), the shuffle and the anchor reuse their input's range, the ends are fixed
+    # graph), the shuffle and the anchor reuse their input's range, the ends are fixed, and so
+    # is the anchor add: the output is only its shuffle, clamped to the pixel range
     assert set(graph.dcr) == {"repeat_interleave", "convs_3", "add"}
     assert graph.points["repeat_interleave"] == "x" and graph.points["shuffle"] == "add"
     assert graph.own_points == ["x", "convs_0", "convs_1", "convs_2", "convs_3", "add", "clamp"]
-    assert graph.fixed == {"x": (0.0, 255.0), "clamp": (0.0, 255.0)}
+    assert graph.fixed == {"x": (0.0, 255.0), "add": (0.0, 255.0), "clamp": (0.0, 255.0)}
+
+
+class _Tail(torch.nn.Module):
+    """conv + conv -> pixel shuffle -> clamp, with the variants that must not fix the add."""
+
+    def __init__(self, bounds: tuple[float, float] = (0.0, 255.0), reuse: bool = False) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.skip = torch.nn.Conv2d(4, 4, 1)
+        self.bounds, self.reuse = bounds, reuse
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x) + self.skip(x)
+        out = torch.clamp(torch.nn.functional.pixel_shuffle(y, 2), *self.bounds)
+        if self.reuse:  # the add also feeds another op: its clip would change that op
+            out = out + torch.nn.functional.pixel_shuffle(torch.relu(y), 2)
+        return out
+
+
+@pytest.mark.parametrize(
+    ("bounds", "reuse", "add_fixed"),
+    [
+        ((0.0, 255.0), False, True),  # ABPN's tail
+        ((-5.0, 300.0), False, True),  # a clamp wider than the pixel range keeps the grid
+        ((16.0, 235.0), False, False),  # a clamp inside it cuts values the grid would keep
+        ((0.0, 255.0), True, False),  # the add has a second user
+    ],
+)
+def test_the_add_feeding_the_output_takes_the_pixel_grid_only_when_that_is_exact(
+    bounds, reuse, add_fixed
+) -> None:
+    graph = plain_graph(_Tail(bounds, reuse), input_range=255.0)
+    assert ("add" in graph.fixed) == add_fixed
+    if add_fixed:
+        assert graph.fixed["add"] == (0.0, 255.0)
+
+
+def test_a_fixed_point_keeps_its_range_over_a_file_and_rounds_once() -> None:
+    model = prepare_qat(small_abpn())
+    calibrate(model, images(4))
+    net = qat_net(model)
+    assert (float(net.quant["add"].lo), float(net.quant["add"].hi)) == (0.0, 255.0)
+    # ranges saved before the add was fixed carry a learned one: the graph's range wins
+    old = net.export_ranges()
+    old["activations"]["add"] = [-28.3, 315.4]
+    net.load_ranges(old)
+    assert net.export_ranges()["activations"]["add"] == [0.0, 255.0]
+    # the add is on the output grid already: the clamp after its shuffle changes nothing and
+    # the output is the add's values moved (one rounding, not two)
+    seen: list[torch.Tensor] = []
+    net.quant["add"].register_forward_hook(lambda _m, _a, out: seen.append(out))
+    with torch.no_grad():
+        y = model.net(images(1, seed=3)[0] * 255)
+    added = seen[-1]
+    assert torch.equal(added, added.round()) and added.min() >= 0 and added.max() <= 255
+    assert torch.equal(y, torch.nn.functional.pixel_shuffle(added, 3))
 
 
 def test_weights_are_per_channel_symmetric_int8() -> None:
@@ -116,7 +173,7 @@ def test_ranges_start_uninitialised_then_calibrate_to_min_max() -> None:
 def test_training_mode_follows_an_ema_of_batch_ranges() -> None:
     model = prepare_qat(small_abpn())
     calibrate(model, images(4))
-    q = qat_net(model).quant["add"]
+    q = qat_net(model).quant["convs_3"]  # the last conv: a signed range of its own
     before = (float(q.lo), float(q.hi))
     seen: list[torch.Tensor] = []
     q.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
@@ -135,7 +192,7 @@ def test_training_mode_follows_an_ema_of_batch_ranges() -> None:
     assert float(q.hi) == pytest.approx(expected_hi, rel=1e-6)
 
 
-def test_official_abpn_ptq_fake_quant_loses_under_015_db_on_set5() -> None:
+def test_official_abpn_ptq_fake_quant_loses_under_008_db_on_set5() -> None:
     model = slimsr.load(official_weight("abpn_x3_float_keras.npz"))
     crops = calibration_crops(shared_file("datasets", "T91", "HR"), 64, 48, downscale=3)
     q = calibrate(prepare_qat(model), crops)
@@ -150,7 +207,8 @@ def test_official_abpn_ptq_fake_quant_loses_under_015_db_on_set5() -> None:
                 psnr[i, j] = evaluate_pair(net(lr), hr, 3, protocol="rgb")["psnr"]
     float_db, int8_db = psnr.mean(0)
     assert float_db == pytest.approx(31.551, abs=2e-3)
-    assert 0 < float_db - int8_db < 0.15, psnr  # measured 0.092
+    # measured 0.065; 0.092 while the anchor add had a learned range of its own (rounded twice)
+    assert 0 < float_db - int8_db < 0.08, psnr
 
 
 def test_non_plain_networks_are_refused_naming_the_op() -> None:
@@ -221,11 +279,10 @@ def test_qat_through_the_engine_runs_exports_ranges_and_resumes(tmp_path, one_th
     assert loaded.name == "abpn" and loaded.kwargs == SMALL_ABPN
     ranges = ranges_from_weights_file(weights)
     assert ranges is not None and ranges["format"] == RANGES_FORMAT
-    lo, hi = ranges["activations"]["add"]
-    assert lo < 0 < hi and (ranges["activations"]["x"], ranges["activations"]["clamp"]) == (
-        [0.0, 255.0],
-        [0.0, 255.0],
-    )
+    acts = ranges["activations"]
+    lo, hi = acts["convs_3"]  # a learned range (the last conv's, signed)
+    assert lo < 0 < hi
+    assert acts["x"] == acts["add"] == acts["clamp"] == [0.0, 255.0]  # the fixed ones
     sidecar = json.loads(weights.with_suffix(".json").read_text())
     assert sidecar["training"]["iteration"] == n
 

@@ -16,12 +16,16 @@ Two facts are worked out here once, for both consumers:
 - *Quantisation points.* Which tensors carry their own INT8 range and which share one: a conv
   followed by its only ReLU is one point (TFLite fuses them), pixel shuffle and the anchor
   repeat reuse their input's range (they only move values), and the network input and final
-  output are fixed to the uint8 pixel grid.
+  output are fixed to the uint8 pixel grid. So is the tensor that reaches the output only
+  through pixel shuffles and clamps that keep all of [0, r] (ABPN's anchor add): the output's
+  clip and rounding would follow anyway, and a range of its own (ABPN x3: [-28, 315], 1.35 per
+  level) would round it twice, the second time onto the output grid. docs/export.md measures it.
 """
 
 from __future__ import annotations
 
 import operator
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,7 +82,8 @@ class PlainGraph:
     points: dict[str, str]
     """Tensor -> the quantisation point (a tensor name) whose range it uses."""
     fixed: dict[str, tuple[float, float]]
-    """Points whose range is fixed to the uint8 pixel grid: the input, the final output."""
+    """Points whose range is fixed to the uint8 pixel grid: the input, the final output and
+    the point that feeds the output through pixel shuffles and clamps alone."""
     output_point: str
     """The point of the network output; "output" when a separate final quantiser is needed."""
 
@@ -348,6 +353,9 @@ class _Builder:
             shares = op.kind in ("shuffle", "repeat")
             points[op.name] = points[op.inputs[0]] if shares else op.name
         fixed = {self.ops[0].name: (0.0, r)}
+        feed = self.output_feed(output, r)
+        if feed != output and points[feed] == feed and feed != self.ops[0].name:
+            fixed[feed] = (0.0, r)
         if points[output] == output:
             # The last op's range is the uint8 output grid (raw pixels; values outside [0, r]
             # saturate, as a clamp to the pixel range would).
@@ -357,6 +365,23 @@ class _Builder:
         # [0, r] is added to carry the output grid.
         fixed["output"] = (0.0, r)
         return points, fixed, "output"
+
+    def output_feed(self, output: str, r: float) -> str:
+        """The tensor from which the output follows by pixel shuffles and clamps that keep all
+        of [0, r], each the only user of its input: on the output grid, its values are the
+        output's values moved (see the module docstring). `output` itself when there is none."""
+        by_name = {op.name: op for op in self.ops}
+        users = Counter(src for op in self.ops for src in op.inputs)
+        name = output
+        while True:
+            op = by_name[name]
+            lo, hi = op.bounds
+            keeps_grid = op.kind == "shuffle" or (
+                op.kind == "clamp" and (lo is None or lo <= 0.0) and (hi is None or hi >= r)
+            )
+            if not keeps_grid or users[op.inputs[0]] != 1:
+                return name
+            name = op.inputs[0]
 
 
 def conv_weights(graph: PlainGraph, net: nn.Module, op: Op) -> tuple[torch.Tensor, torch.Tensor]:

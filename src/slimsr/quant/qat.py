@@ -10,7 +10,8 @@ forward pass computes what the INT8 TFLite file will compute, in float:
   (after each conv/ReLU, add, concat, clamp); pixel shuffle and the anchor repeat reuse their
   input's range, as the official graph's DEPTH_TO_SPACE and CONCATENATION do;
 - input and output: fixed to the uint8 pixel grid [0, 255] (scale 1, zero point 0), so the
-  deployed file takes and returns raw pixel values.
+  deployed file takes and returns raw pixel values; so is the tensor the output is only moved
+  and clamped from (ABPN's anchor add, `graph.PlainGraph.fixed`).
 
 Ranges start from calibration (`calibrate`: min/max over representative images on the float
 network, i.e. post-training quantisation), so fine-tuning starts at PTQ quality, and then follow
@@ -237,6 +238,8 @@ class QATNet(nn.Module):
             )
         with torch.no_grad():
             for p, (lo, hi) in acts.items():
+                if self.quant[p].fixed:  # the graph's own range (files saved before a point
+                    continue  # was fixed carry a learned one, which it replaces)
                 self.quant[p].lo.fill_(float(lo))
                 self.quant[p].hi.fill_(float(hi))
 
