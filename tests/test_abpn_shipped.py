@@ -28,7 +28,7 @@ def test_float_weights_reproduce_their_metrics() -> None:
 
 
 @pytest.mark.parametrize("variant", ["ptq", "qat"])
-def test_int8_tflite_files_stay_within_a_tenth_of_a_db_of_float(variant: str) -> None:
+def test_int8_tflite_files_lose_at_most_005_db_against_float(variant: str) -> None:
     pytest.importorskip("ai_edge_litert", reason="needs the tflite extra (ai-edge-litert)")
     from slimsr.export.runners import load_runner
 
@@ -36,4 +36,5 @@ def test_int8_tflite_files_stay_within_a_tenth_of_a_db_of_float(variant: str) ->
     psnr = set5_rgb(runner)
     label = next(k for k in METRICS if variant.upper() in k)
     assert psnr == pytest.approx(METRICS[label]["Set5"]["psnr"], abs=2e-3)
-    assert METRICS["float (PyTorch)"]["Set5"]["psnr"] - psnr <= 0.1
+    # issue 18's bound for the INT8 loss (measured: QAT 0.033, PTQ 0.047 dB)
+    assert METRICS["float (PyTorch)"]["Set5"]["psnr"] - psnr <= 0.05
