@@ -105,6 +105,13 @@ def test_a_fixed_point_keeps_its_range_over_a_file_and_rounds_once() -> None:
     old["activations"]["add"] = [-28.3, 315.4]
     net.load_ranges(old)
     assert net.export_ranges()["activations"]["add"] == [0.0, 255.0]
+    # and so does a checkpoint's state (a QAT run saved before): the fixed range wins there too
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    state["quant.add.lo"], state["quant.add.hi"] = torch.tensor(-28.3), torch.tensor(315.4)
+    state["quant.convs_0.hi"] = torch.tensor(99.0)  # a learned range is taken as stored
+    net.load_state_dict(state)
+    assert (float(net.quant["add"].lo), float(net.quant["add"].hi)) == (0.0, 255.0)
+    assert float(net.quant["convs_0"].hi) == 99.0
     # the add is on the output grid already: the clamp after its shuffle changes nothing and
     # the output is the add's values moved (one rounding, not two)
     seen: list[torch.Tensor] = []

@@ -64,6 +64,7 @@ class ActQuant(nn.Module):
         self.register_buffer("lo", torch.tensor(float(lo)))
         self.register_buffer("hi", torch.tensor(float(hi)))
         self.fixed = fixed is not None
+        self._fixed_range = (float(lo), float(hi))
         self.decay = float(decay)
         self.mode = "quantize"
         self.observe = True
@@ -72,6 +73,18 @@ class ActQuant(nn.Module):
     @property
     def initialized(self) -> bool:
         return bool(torch.isfinite(self.lo) and torch.isfinite(self.hi))
+
+    def set_range(self, lo: float, hi: float) -> None:
+        """Take a stored range; a fixed point keeps the graph's own (files and checkpoints saved
+        before a point was fixed carry a learned one, which the graph's replaces)."""
+        lo, hi = self._fixed_range if self.fixed else (float(lo), float(hi))
+        with torch.no_grad():
+            self.lo.fill_(lo)
+            self.hi.fill_(hi)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        self.set_range(float(self.lo), float(self.hi))
 
     def reset(self) -> None:
         if not self.fixed:
@@ -236,12 +249,8 @@ class QATNet(nn.Module):
             raise QuantError(
                 f"the INT8 ranges do not fit this network (points differ: {', '.join(missing)})"
             )
-        with torch.no_grad():
-            for p, (lo, hi) in acts.items():
-                if self.quant[p].fixed:  # the graph's own range (files saved before a point
-                    continue  # was fixed carry a learned one, which it replaces)
-                self.quant[p].lo.fill_(float(lo))
-                self.quant[p].hi.fill_(float(hi))
+        for p, (lo, hi) in acts.items():
+            self.quant[p].set_range(lo, hi)
 
 
 def prepare_qat(model: SRModel, decay: float = 0.999) -> SRModel:
