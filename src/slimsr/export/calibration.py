@@ -151,12 +151,11 @@ def output_grid_ranges(proto: Any) -> dict[str, float]:
         node = producers.get(name)
         if node is None:
             break
+        factor = scalar(node.input[1]) if node.op_type in ("Div", "Mul") else None
         if node.op_type in PIXEL_MOVES:
             source = node.input[0]
-        elif node.op_type in ("Div", "Mul") and scalar(node.input[1]) not in (None, 0.0):
-            c = scalar(node.input[1])
-            assert c is not None
-            source, top = node.input[0], top * c if node.op_type == "Div" else top / c
+        elif factor:  # a constant, non-zero scaling
+            source, top = node.input[0], top * factor if node.op_type == "Div" else top / factor
         elif node.op_type == "Clip" and len(node.input) == 3:
             lo, hi = scalar(node.input[1]), scalar(node.input[2])
             if lo is None or hi is None or lo != 0.0 or abs(hi - top) > 1e-6 * top:

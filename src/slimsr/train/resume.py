@@ -212,7 +212,8 @@ def check_same_data(
     path: Path, state: dict[str, Any], num_images: int, images_sha256: str, moved: bool
 ) -> None:
     """The data folders must give the images the run trained on, in the same order (same data
-    stream): as many, and, where the checkpoint records it, with the same bytes (size and sha256 of each file).
+    stream): as many, and, where the checkpoint records it, with the same bytes (size and
+    sha256 of each file).
     Folders that `moved` need that record: a count alone cannot tell the images are the same."""
     data = state.get("data", {})
     saved = data.get("num_images")
